@@ -1,0 +1,33 @@
+"""Registries of the ``mmclip4clip`` scope.
+
+Each registry is a child of mmaction2's registry of the same kind, so a config
+in the ``mmclip4clip`` scope finds our components first and falls back to
+mmaction2's (e.g. ``DecordInit``) and then to mmengine's.
+
+Why not register into mmaction2's registries directly: mmengine imports a
+registry's ``locations`` whenever ``get`` is called on it, and mmaction2's
+``MODELS`` points at ``mmaction.models``, which cannot be imported from the
+PyPI wheel of mmaction2 1.2.0. A child registry only imports its own
+locations, and looks its parents up without importing theirs.
+"""
+from mmaction import registry as mmaction_registry
+from mmengine.registry import Registry
+
+SCOPE = 'mmclip4clip'
+
+
+def _child(parent: Registry, name: str, locations: list[str]) -> Registry:
+    return Registry(name, parent=parent, scope=SCOPE, locations=locations)
+
+
+MODELS = _child(mmaction_registry.MODELS, 'model', ['mmclip4clip.models'])
+DATASETS = _child(mmaction_registry.DATASETS, 'dataset',
+                  ['mmclip4clip.datasets'])
+TRANSFORMS = _child(mmaction_registry.TRANSFORMS, 'transform',
+                    ['mmclip4clip.datasets.transforms'])
+METRICS = _child(mmaction_registry.METRICS, 'metric',
+                 ['mmclip4clip.evaluation'])
+LOOPS = _child(mmaction_registry.LOOPS, 'loop', ['mmclip4clip.engine'])
+HOOKS = _child(mmaction_registry.HOOKS, 'hook', ['mmclip4clip.engine'])
+FUNCTIONS = _child(mmaction_registry.FUNCTION, 'function',
+                   ['mmclip4clip.datasets'])
