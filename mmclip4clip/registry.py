@@ -11,6 +11,7 @@ PyPI wheel of mmaction2 1.2.0. A child registry only imports its own
 locations, and looks its parents up without importing theirs.
 """
 from mmaction import registry as mmaction_registry
+from mmengine.registry import FUNCTIONS as MMENGINE_FUNCTIONS
 from mmengine.registry import Registry
 
 SCOPE = 'mmclip4clip'
@@ -29,5 +30,7 @@ METRICS = _child(mmaction_registry.METRICS, 'metric',
                  ['mmclip4clip.evaluation'])
 LOOPS = _child(mmaction_registry.LOOPS, 'loop', ['mmclip4clip.engine'])
 HOOKS = _child(mmaction_registry.HOOKS, 'hook', ['mmclip4clip.engine'])
-FUNCTIONS = _child(mmaction_registry.FUNCTION, 'function',
-                   ['mmclip4clip.datasets'])
+# A child of mmengine's root: the Runner looks collate functions up in the
+# root registry without switching scope, so configs name them with the
+# scope prefix, e.g. ``collate_fn=dict(type='mmclip4clip.video_text_collate')``.
+FUNCTIONS = _child(MMENGINE_FUNCTIONS, 'function', ['mmclip4clip.datasets'])

@@ -1,0 +1,4 @@
+from . import functional
+from .metrics import RetrievalMetric
+
+__all__ = ['RetrievalMetric', 'functional']

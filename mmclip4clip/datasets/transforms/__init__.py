@@ -1,0 +1,15 @@
+from .formatting import PackVideoTextInputs
+from .processing import CLIPResizeCrop, resize_center_crop
+from .sampling import (
+                       SampleFramesByRate,
+                       order_frames,
+                       sample_frame_indices,
+                       slice_frames,
+)
+from .text import TokenizeCaptions, load_tokenizer, tokenize
+
+__all__ = [
+    'CLIPResizeCrop', 'PackVideoTextInputs', 'SampleFramesByRate',
+    'TokenizeCaptions', 'load_tokenizer', 'order_frames', 'resize_center_crop',
+    'sample_frame_indices', 'slice_frames', 'tokenize'
+]

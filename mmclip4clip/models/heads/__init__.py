@@ -1,0 +1,3 @@
+from .loose import LooseHead, MeanPHead, masked_mean
+
+__all__ = ['LooseHead', 'MeanPHead', 'masked_mean']

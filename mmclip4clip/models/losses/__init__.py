@@ -1,0 +1,4 @@
+from .gather import all_gather_with_grad
+from .infonce import SymmetricInfoNCELoss
+
+__all__ = ['SymmetricInfoNCELoss', 'all_gather_with_grad']

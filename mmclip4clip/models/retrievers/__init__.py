@@ -1,0 +1,3 @@
+from .clip4clip import CLIP4Clip
+
+__all__ = ['CLIP4Clip']

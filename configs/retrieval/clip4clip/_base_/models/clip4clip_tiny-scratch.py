@@ -1,0 +1,19 @@
+# A tiny randomly initialised CLIP (2 layers per tower, 32 px frames,
+# 4 px patches, width 64) for the synthetic dataset; trains on a CPU.
+model = dict(
+    type='CLIP4Clip',
+    backbone=dict(
+        type='CLIPBackbone',
+        config=dict(
+            projection_dim=64,
+            text_config=dict(
+                vocab_size=256, hidden_size=64, intermediate_size=256,
+                num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=32),
+            vision_config=dict(
+                image_size=32, patch_size=4, hidden_size=64,
+                intermediate_size=256, num_hidden_layers=2,
+                num_attention_heads=2))),
+    head=dict(type='MeanPHead'),
+    loss=dict(type='SymmetricInfoNCELoss'),
+    data_preprocessor=dict(type='VideoTextDataPreprocessor'))

@@ -1,0 +1,58 @@
+"""Fixes that let mmengine 0.10.7 run on torch >= 2.6 and on CPU-only
+distributed jobs."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from mmengine.config import Config
+from mmengine.logging import HistoryBuffer
+
+
+def checkpoint_safe_types() -> list:
+    """The non-tensor types mmengine writes into a training checkpoint
+    (message hub buffers and numpy scalars in ``meta`` / ``message_hub``)."""
+    numpy_dtypes = [type(np.dtype(name)) for name in (
+        'float64', 'float32', 'float16', 'int64', 'int32', 'bool')]
+    return [
+        HistoryBuffer,
+        np.ndarray,
+        np.dtype,
+        np.core.multiarray._reconstruct,
+        np.core.multiarray.scalar,
+        *numpy_dtypes,
+    ]
+
+
+def register_checkpoint_safe_types() -> None:
+    """Allow-list mmengine's checkpoint types for ``torch.load``'s safe mode.
+
+    torch >= 2.6 loads with ``weights_only=True``, which refuses any pickled
+    global that is not allow-listed; mmengine 0.10.7 does not pass
+    ``weights_only`` and so cannot resume. We allow exactly the types above
+    and keep the safe mode on: a checkpoint holding any other object is
+    still refused, since unpickling it could execute code.
+    """
+    torch.serialization.add_safe_globals(checkpoint_safe_types())
+
+
+def enable_cpu_distributed(cfg: Config) -> None:
+    """Prepare a torchrun job for CPU-only machines (gloo backend).
+
+    mmengine's ``init_dist`` calls ``torch.cuda.set_device`` and its DDP
+    wrapper passes ``device_ids=[local_rank]``; both fail without CUDA. We
+    start the gloo process group ourselves (the Runner then skips its own
+    initialisation) and wrap the model with ``device_ids=None``.
+    """
+    if torch.cuda.is_available():
+        return
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend='gloo', rank=int(os.environ['RANK']),
+            world_size=int(os.environ['WORLD_SIZE']))
+    wrapper = dict(cfg.get('model_wrapper_cfg') or {})
+    wrapper.setdefault('type', 'MMDistributedDataParallel')
+    wrapper['device_ids'] = None
+    cfg.model_wrapper_cfg = wrapper

@@ -1,0 +1,133 @@
+"""Evaluation loops that encode every video and every caption exactly once.
+
+Each batch of the evaluation dataset (one sample per video, carrying all its
+captions) is encoded by the model's ``predict`` mode; the embeddings of all
+processes are gathered in dataset order (samples that a distributed sampler
+repeated to even out the shards are dropped), the text x video score matrix
+is built in blocks, and the evaluator ranks it in both directions.
+"""
+from __future__ import annotations
+
+import torch
+from mmengine.dist import all_gather_object, get_world_size
+from mmengine.model import is_model_wrapper
+from mmengine.runner import TestLoop, ValLoop, autocast
+from mmengine.structures import BaseDataElement
+from torch import Tensor
+
+from mmclip4clip.registry import LOOPS
+
+
+def gather_predictions(
+        samples: list[BaseDataElement]) -> list[BaseDataElement]:
+    """All processes' predictions, each dataset sample once, in order."""
+    if get_world_size() > 1:
+        samples = [s for part in all_gather_object(samples) for s in part]
+    unique = {int(s.sample_idx): s for s in reversed(samples)}
+    return [unique[i] for i in sorted(unique)]
+
+
+def build_scores(model, text_emb: Tensor, video_emb: Tensor,
+                 block_size: int) -> Tensor:
+    """[N, D] x [M, D] -> [N, M] scores on the CPU, ``block_size`` texts at a
+    time on the model's device."""
+    device = next(model.parameters()).device
+    video_emb = video_emb.to(device)
+    blocks = [
+        model.similarity(text_emb[i:i + block_size].to(device),
+                         video_emb).float().cpu()
+        for i in range(0, text_emb.shape[0], block_size)
+    ]
+    return torch.cat(blocks)
+
+
+def assemble_result(model, samples: list[BaseDataElement],
+                    block_size: int) -> dict:
+    """Per-video predictions -> the retrieval metric's input dict."""
+    text_emb = torch.cat([s.text_emb for s in samples])  # [N, D]
+    video_emb = torch.stack([s.video_emb for s in samples])  # [M, D]
+    counts = torch.tensor([len(s.text_emb) for s in samples])
+    return dict(
+        scores=build_scores(model, text_emb, video_emb, block_size),
+        text_video_index=torch.repeat_interleave(
+            torch.arange(len(samples)), counts),
+        video_ids=[s.video_id for s in samples],
+        captions=[c for s in samples for c in s.captions])
+
+
+class _RetrievalLoopMixin:
+    """The shared body of :class:`RetrievalValLoop` and
+    :class:`RetrievalTestLoop`; ``_stage`` is 'val' or 'test'."""
+
+    _stage: str
+
+    def run(self) -> dict:
+        runner, stage = self.runner, self._stage
+        runner.call_hook(f'before_{stage}')
+        runner.call_hook(f'before_{stage}_epoch')
+        runner.model.eval()
+        step = getattr(runner.model, f'{stage}_step')
+        samples: list[BaseDataElement] = []
+        for idx, data_batch in enumerate(self.dataloader):
+            runner.call_hook(f'before_{stage}_iter', batch_idx=idx,
+                             data_batch=data_batch)
+            with torch.no_grad(), autocast(enabled=self.fp16):
+                outputs = step(data_batch)
+            samples.extend(self._detach(outputs))
+            runner.call_hook(f'after_{stage}_iter', batch_idx=idx,
+                             data_batch=data_batch, outputs=outputs)
+        model = runner.model.module if is_model_wrapper(runner.model) \
+            else runner.model
+        with torch.no_grad(), autocast(enabled=self.fp16):
+            result = assemble_result(model, gather_predictions(samples),
+                                     self.score_block_size)
+        self.evaluator.process(data_samples=[result], data_batch=None)
+        metrics = self.evaluator.evaluate(1)
+        runner.call_hook(f'after_{stage}_epoch', metrics=metrics)
+        runner.call_hook(f'after_{stage}')
+        return metrics
+
+    @staticmethod
+    def _detach(outputs: list[BaseDataElement]) -> list[BaseDataElement]:
+        """Keep only the CPU embeddings and the metainfo of each video."""
+        kept = []
+        for sample in outputs:
+            new = BaseDataElement(metainfo=sample.metainfo)
+            new.video_emb = sample.video_emb.float().cpu()
+            new.text_emb = sample.text_emb.float().cpu()
+            kept.append(new)
+        return kept
+
+
+@LOOPS.register_module()
+class RetrievalValLoop(_RetrievalLoopMixin, ValLoop):
+    """Validation loop for retrieval (see the module docstring).
+
+    Args:
+        runner, dataloader, evaluator, fp16: as :class:`mmengine.runner.ValLoop`.
+        score_block_size: texts scored against all videos at a time.
+    """
+
+    _stage = 'val'
+
+    def __init__(self, runner, dataloader, evaluator, fp16: bool = False,
+                 score_block_size: int = 4096) -> None:
+        super().__init__(runner, dataloader, evaluator, fp16)
+        self.score_block_size = score_block_size
+
+
+@LOOPS.register_module()
+class RetrievalTestLoop(_RetrievalLoopMixin, TestLoop):
+    """Test loop for retrieval (see the module docstring).
+
+    Args:
+        runner, dataloader, evaluator, fp16: as :class:`mmengine.runner.TestLoop`.
+        score_block_size: texts scored against all videos at a time.
+    """
+
+    _stage = 'test'
+
+    def __init__(self, runner, dataloader, evaluator, fp16: bool = False,
+                 score_block_size: int = 4096) -> None:
+        super().__init__(runner, dataloader, evaluator, fp16)
+        self.score_block_size = score_block_size

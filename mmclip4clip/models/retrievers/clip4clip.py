@@ -1,0 +1,120 @@
+"""The CLIP4Clip retriever: CLIP towers, a similarity head and InfoNCE."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModel
+from mmengine.structures import BaseDataElement
+from torch import Tensor
+
+from mmclip4clip.models.losses import all_gather_with_grad
+from mmclip4clip.registry import MODELS
+
+
+@MODELS.register_module()
+class CLIP4Clip(BaseModel):
+    """Text-video retrieval with CLIP (Luo et al., 2021).
+
+    The batch ``inputs`` (after the data preprocessor) is a dict:
+
+    - ``frames``: [B, T, 3, H, W] normalised frames, padded frames zero;
+    - ``frame_mask``: [B, T], 1 for real frames;
+    - ``input_ids`` / ``attention_mask``: [N, L] tokenised captions;
+    - ``text_video_index``: [N], the video (0..B-1) each caption describes.
+
+    Modes: ``loss`` (one caption per video, symmetric InfoNCE over the batch
+    gathered from all processes), ``predict`` (per-video data samples holding
+    ``video_emb`` [D] and ``text_emb`` [K, D] for its K captions, for the
+    encode-once evaluation loop) and ``tensor`` (the batch's text x video
+    score matrix).
+
+    Args:
+        backbone: config of :class:`CLIPBackbone`.
+        head: config of a loose similarity head (e.g. ``MeanPHead``).
+        loss: config of the loss on the text x video logits.
+        data_preprocessor: config of the data preprocessor.
+        init_cfg: mmengine initialisation config.
+    """
+
+    def __init__(self,
+                 backbone: dict,
+                 head: dict,
+                 loss: dict | None = None,
+                 data_preprocessor: dict | None = None,
+                 init_cfg: dict | None = None) -> None:
+        if data_preprocessor is None:
+            data_preprocessor = dict(type='VideoTextDataPreprocessor')
+        super().__init__(data_preprocessor=data_preprocessor,
+                         init_cfg=init_cfg)
+        self.backbone = MODELS.build(backbone)
+        self.head = MODELS.build(head)
+        self.loss_module = MODELS.build(
+            loss if loss is not None else dict(type='SymmetricInfoNCELoss'))
+
+    # ---- encoders -------------------------------------------------------
+    def encode_text(self, input_ids: Tensor,
+                    attention_mask: Tensor | None = None) -> Tensor:
+        """[N, L] -> [N, D] unit-norm text embeddings."""
+        feats = self.backbone.encode_text(input_ids, attention_mask)
+        return F.normalize(feats, dim=-1)
+
+    def encode_video(self, frames: Tensor, frame_mask: Tensor) -> Tensor:
+        """[B, T, 3, H, W] + [B, T] -> [B, D] unit-norm video embeddings."""
+        feats = self.backbone.encode_frames(frames, frame_mask)  # [B, T, D]
+        return self.head(feats, frame_mask)
+
+    def similarity(self, text_emb: Tensor, video_emb: Tensor) -> Tensor:
+        """[N, D] x [M, D] unit vectors -> [N, M] logits (rows are texts)."""
+        return self.backbone.logit_scale.exp() * text_emb @ video_emb.t()
+
+    @torch.no_grad()
+    def sim_matrix(self, input_ids: Tensor, attention_mask: Tensor,
+                   frames: Tensor, frame_mask: Tensor) -> Tensor:
+        """Score matrix for tokenised captions and normalised frames.
+
+        [N, L] ids and mask, [M, T, 3, H, W] frames, [M, T] mask -> [N, M].
+        """
+        return self.similarity(
+            self.encode_text(input_ids, attention_mask),
+            self.encode_video(frames, frame_mask))
+
+    # ---- mmengine modes -------------------------------------------------
+    def forward(self, inputs: dict,
+                data_samples: list[BaseDataElement] | None = None,
+                mode: str = 'tensor'):
+        if mode == 'loss':
+            return self.loss(inputs)
+        if mode == 'predict':
+            return self.predict(inputs, data_samples)
+        if mode == 'tensor':
+            return self.sim_matrix(inputs['input_ids'],
+                                   inputs['attention_mask'],
+                                   inputs['frames'], inputs['frame_mask'])
+        raise ValueError(f'unknown mode {mode!r}: expected loss, predict '
+                         'or tensor')
+
+    def loss(self, inputs: dict) -> dict[str, Tensor]:
+        """Symmetric InfoNCE over the global batch, one caption per video."""
+        num_videos = inputs['frames'].shape[0]
+        index = inputs['text_video_index']
+        if index.shape[0] != num_videos or not torch.equal(
+                index, torch.arange(num_videos, device=index.device)):
+            raise ValueError('training needs exactly one caption per video, '
+                             'in video order (dataset in train mode)')
+        text = self.encode_text(inputs['input_ids'], inputs['attention_mask'])
+        video = self.encode_video(inputs['frames'], inputs['frame_mask'])
+        text = all_gather_with_grad(text)  # [W * B, D]
+        video = all_gather_with_grad(video)  # [W * B, D]
+        return dict(loss=self.loss_module(self.similarity(text, video)))
+
+    @torch.no_grad()
+    def predict(self, inputs: dict,
+                data_samples: list[BaseDataElement]) -> list[BaseDataElement]:
+        """Attach each video's embedding and its captions' embeddings."""
+        text = self.encode_text(inputs['input_ids'], inputs['attention_mask'])
+        video = self.encode_video(inputs['frames'], inputs['frame_mask'])
+        index = inputs['text_video_index']
+        for i, sample in enumerate(data_samples):
+            sample.video_emb = video[i]
+            sample.text_emb = text[index == i]
+        return data_samples

@@ -1,0 +1,77 @@
+"""Evaluate a CLIP4Clip checkpoint; optionally dump scores and ranks.
+
+    python tools/test.py CONFIG CHECKPOINT [--dump result.pkl] [--work-dir DIR]
+        [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+"""
+import argparse
+import os
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
+
+import mmclip4clip  # noqa: F401  (registers every component)
+from mmclip4clip.engine import enable_cpu_distributed
+from mmclip4clip.engine.config_utils import merge_cfg_options
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Test a CLIP4Clip model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='where the test logs go')
+    parser.add_argument(
+        '--dump', help='pickle file for the score matrix, video ids, '
+        'captions, ranks and metrics (layout in the README)')
+    parser.add_argument('--amp', action='store_true',
+                        help='automatic mixed precision inference')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, KEY=VALUE')
+    parser.add_argument('--launcher', default='none',
+                        choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        help='job launcher')
+    parser.add_argument('--local-rank', '--local_rank', type=int, default=0)
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+    if not osp.isfile(args.checkpoint):
+        raise FileNotFoundError(f'checkpoint {args.checkpoint} does not exist')
+    cfg.load_from = args.checkpoint
+    if args.dump is not None:
+        evaluators = cfg.test_evaluator
+        if isinstance(evaluators, dict):
+            evaluators = [evaluators]
+        targets = [e for e in evaluators if e.get('type') == 'RetrievalMetric']
+        if not targets:
+            raise ValueError('--dump needs a RetrievalMetric in test_evaluator')
+        for evaluator in targets:
+            evaluator['dump_file'] = args.dump
+    if args.amp:
+        test_cfg = dict(cfg.get('test_cfg') or {})
+        test_cfg['fp16'] = True
+        cfg.test_cfg = test_cfg
+    cfg.launcher = args.launcher
+    if args.launcher != 'none':
+        enable_cpu_distributed(cfg)
+    return cfg
+
+
+def main() -> None:
+    args = parse_args()
+    cfg = Config.fromfile(args.config)
+    merge_cfg_options(cfg, args.cfg_options)
+    cfg = merge_args(cfg, args)
+    runner = Runner.from_cfg(cfg)
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()
