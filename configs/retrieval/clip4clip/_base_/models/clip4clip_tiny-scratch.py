@@ -9,7 +9,8 @@ model = dict(
             text_config=dict(
                 vocab_size=256, hidden_size=64, intermediate_size=256,
                 num_hidden_layers=2, num_attention_heads=2,
-                max_position_embeddings=32),
+                max_position_embeddings=32, pad_token_id=0,
+                bos_token_id=254, eos_token_id=255),
             vision_config=dict(
                 image_size=32, patch_size=4, hidden_size=64,
                 intermediate_size=256, num_hidden_layers=2,
