@@ -30,6 +30,23 @@ METRICS = _child(mmaction_registry.METRICS, 'metric',
                  ['mmclip4clip.evaluation'])
 LOOPS = _child(mmaction_registry.LOOPS, 'loop', ['mmclip4clip.engine'])
 HOOKS = _child(mmaction_registry.HOOKS, 'hook', ['mmclip4clip.engine'])
+# Registries with nothing of ours yet: children so that building their
+# components in our scope finds mmengine's without a scope warning.
+DATA_SAMPLERS = _child(mmaction_registry.DATA_SAMPLERS, 'data sampler', [])
+MODEL_WRAPPERS = _child(mmaction_registry.MODEL_WRAPPERS, 'model_wrapper', [])
+WEIGHT_INITIALIZERS = _child(mmaction_registry.WEIGHT_INITIALIZERS,
+                             'weight initializer', [])
+OPTIMIZERS = _child(mmaction_registry.OPTIMIZERS, 'optimizer', [])
+OPTIM_WRAPPERS = _child(mmaction_registry.OPTIM_WRAPPERS, 'optim_wrapper', [])
+OPTIM_WRAPPER_CONSTRUCTORS = _child(
+    mmaction_registry.OPTIM_WRAPPER_CONSTRUCTORS,
+    'optimizer wrapper constructor', [])
+PARAM_SCHEDULERS = _child(mmaction_registry.PARAM_SCHEDULERS,
+                          'parameter scheduler', [])
+EVALUATOR = _child(mmaction_registry.EVALUATOR, 'evaluator', [])
+VISUALIZERS = _child(mmaction_registry.VISUALIZERS, 'visualizer', [])
+VISBACKENDS = _child(mmaction_registry.VISBACKENDS, 'vis_backend', [])
+LOG_PROCESSORS = _child(mmaction_registry.LOG_PROCESSORS, 'log_processor', [])
 # A child of mmengine's root: the Runner looks collate functions up in the
 # root registry without switching scope, so configs name them with the
 # scope prefix, e.g. ``collate_fn=dict(type='mmclip4clip.video_text_collate')``.

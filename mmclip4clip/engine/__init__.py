@@ -1,9 +1,10 @@
 from .compat import enable_cpu_distributed, register_checkpoint_safe_types
+from .hooks import SafeCheckpointHook
 from .retrieval_loops import RetrievalTestLoop, RetrievalValLoop
 
 __all__ = [
-    'RetrievalTestLoop', 'RetrievalValLoop', 'enable_cpu_distributed',
-    'register_checkpoint_safe_types'
+    'RetrievalTestLoop', 'RetrievalValLoop', 'SafeCheckpointHook',
+    'enable_cpu_distributed', 'register_checkpoint_safe_types'
 ]
 
 # torch >= 2.6 loads checkpoints in safe mode; let mmengine resume under it.

@@ -8,20 +8,29 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from mmengine.config import Config
-from mmengine.logging import HistoryBuffer
+
+try:  # numpy >= 2
+    from numpy._core import multiarray as np_multiarray
+except ImportError:  # numpy 1.x
+    from numpy.core import multiarray as np_multiarray
 
 
 def checkpoint_safe_types() -> list:
-    """The non-tensor types mmengine writes into a training checkpoint
-    (message hub buffers and numpy scalars in ``meta`` / ``message_hub``)."""
+    """The non-tensor types mmengine writes into a training checkpoint:
+    numpy scalars and arrays in the message hub's runtime information.
+
+    mmengine's ``HistoryBuffer`` cannot be allow-listed (it pickles
+    ``getattr`` references); :class:`SafeCheckpointHook` stores it as
+    tensors instead.
+    """
     numpy_dtypes = [type(np.dtype(name)) for name in (
-        'float64', 'float32', 'float16', 'int64', 'int32', 'bool')]
+        'float64', 'float32', 'float16', 'int64', 'int32', 'int16', 'int8',
+        'uint8', 'bool')]
     return [
-        HistoryBuffer,
+        np_multiarray._reconstruct,
+        np_multiarray.scalar,
         np.ndarray,
         np.dtype,
-        np.core.multiarray._reconstruct,
-        np.core.multiarray.scalar,
         *numpy_dtypes,
     ]
 

@@ -23,3 +23,6 @@ visualizer = dict(type='Visualizer', vis_backends=vis_backends)
 log_level = 'INFO'
 load_from = None
 resume = False
+
+# Keeps checkpoints loadable under torch's safe loading (weights_only=True).
+custom_hooks = [dict(type='SafeCheckpointHook')]

@@ -1,0 +1,121 @@
+"""The command-line tools, run as a user runs them: subprocesses on a tiny
+synthetic dataset laid out where the synthetic config expects it."""
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmclip4clip.datasets.synthetic import make_synthetic_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / ('configs/retrieval/clip4clip/'
+                 'clip4clip_tiny-p4-res32-scratch_1xb32-u8-30e_synthetic-rgb.py')
+METRIC_KEYS = {f'{d}/{m}' for d in ('t2v', 'v2t')
+               for m in ('R1', 'R5', 'R10', 'MdR', 'MnR')}
+
+
+def run_tool(args: list[str], cwd: Path, timeout: int = 300):
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope='module')
+def workspace(tmp_path_factory) -> Path:
+    """A folder holding ``data/synthetic`` (1 clip per combination)."""
+    root = tmp_path_factory.mktemp('workspace')
+    make_synthetic_dataset(root / 'data' / 'synthetic', seed=1,
+                           train_per_combo=1, test_per_combo=1, seconds=2,
+                           size=32, progress=False)
+    return root
+
+
+@pytest.fixture(scope='module')
+def trained(workspace) -> Path:
+    """One epoch of training with validation; returns the checkpoint."""
+    work_dir = workspace / 'work'
+    proc = run_tool([
+        REPO / 'tools/train.py', CONFIG, '--work-dir', work_dir,
+        '--cfg-options', 'train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
+        'default_hooks.checkpoint.interval=1'
+    ], cwd=workspace)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    checkpoint = work_dir / 'epoch_1.pth'
+    assert checkpoint.is_file()
+    return checkpoint
+
+
+def test_import_never_loads_mmaction_models():
+    code = ('import sys, mmclip4clip; '
+            "assert 'mmaction.models' not in sys.modules, 'imported'")
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_train_logs_both_directions_of_metrics(workspace, trained):
+    log = next((workspace / 'work').glob('*/*.log')).read_text()
+    for key in METRIC_KEYS:
+        assert key in log
+
+
+def test_test_tool_dumps_loadable_result(workspace, trained):
+    dump = workspace / 'out' / 'result.pkl'
+    proc = run_tool([REPO / 'tools/test.py', CONFIG, trained, '--dump', dump,
+                     '--work-dir', workspace / 'test_work'], cwd=workspace)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(dump, 'rb') as f:
+        result = pickle.load(f)
+    num_videos, num_captions = 90, 180
+    assert result['scores'].shape == (num_captions, num_videos)
+    assert result['scores'].dtype == np.float32
+    assert len(result['video_ids']) == num_videos
+    assert len(set(result['video_ids'])) == num_videos
+    assert len(result['captions']) == num_captions
+    assert result['text_video_index'].shape == (num_captions, )
+    assert result['t2v_ranks'].shape == (num_captions, )
+    assert result['v2t_ranks'].shape == (num_videos, )
+    assert set(result['metrics']) == METRIC_KEYS
+    # The dumped ranks are those of the dumped matrix.
+    scores, gt = result['scores'], result['text_video_index']
+    own = scores[np.arange(num_captions), gt][:, None]
+    np.testing.assert_array_equal(result['t2v_ranks'],
+                                  1 + (scores > own).sum(axis=1))
+    assert result['metrics']['t2v/R1'] == pytest.approx(
+        100 * np.mean(result['t2v_ranks'] <= 1))
+    # Captions are listed video by video, as in the annotation file.
+    assert 'test/' in result['video_ids'][0]
+
+
+def test_resume_continues_from_the_last_checkpoint(workspace, trained):
+    proc = run_tool([
+        REPO / 'tools/train.py', CONFIG, '--work-dir', workspace / 'work',
+        '--resume', '--cfg-options', 'train_cfg.max_epochs=2',
+        'train_cfg.val_interval=5'
+    ], cwd=workspace)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'resumed epoch: 1' in proc.stdout + proc.stderr
+    assert (workspace / 'work' / 'epoch_2.pth').is_file()
+
+
+@pytest.mark.parametrize('option, named', [
+    ('no_such_key=1', 'no_such_key'),
+    ('train_cfg.max_epoch=3', 'max_epoch'),
+    ('model.head.no_such_arg=1', 'no_such_arg'),
+    ('model.no_such_part.depth=1', 'model.no_such_part'),
+])
+def test_unknown_config_key_is_named(workspace, option, named):
+    proc = run_tool([REPO / 'tools/train.py', CONFIG, '--work-dir',
+                     workspace / 'bad', '--cfg-options', option],
+                    cwd=workspace)
+    assert proc.returncode != 0
+    assert named in proc.stderr
+
+
+def test_missing_checkpoint_is_named(workspace):
+    proc = run_tool([REPO / 'tools/test.py', CONFIG, 'nowhere/ckpt.pth'],
+                    cwd=workspace)
+    assert proc.returncode != 0
+    assert 'nowhere/ckpt.pth' in proc.stderr
