@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # Bright, saturated shape colours; backgrounds stay below BACKGROUND_MAX in
 # every channel so the shape always stands out.
@@ -52,6 +52,13 @@ SHAPE_RADIUS_RANGE = (0.12, 0.2)
 # Distance travelled by a moving shape as a fraction of the largest distance
 # that keeps it fully inside the frame.
 TRAVEL_RANGE = (0.6, 1.0)
+# A moving shape is drawn with a symmetric motion blur (a long exposure):
+# the mean of BLUR_SAMPLES copies spread over BLUR_LENGTH shape radii along
+# its path, centred on its position. It shows in every frame whether and
+# along which axis the shape moves, but not which way: a symmetric streak
+# looks the same played backwards.
+BLUR_LENGTH = 1.2
+BLUR_SAMPLES = 9
 
 # (axis, direction) of each moving motion; axis 0 is x, 1 is y (image rows
 # grow downwards, so "up" is decreasing y).
@@ -158,8 +165,9 @@ def render_clip(colour: str,
     """Render one clip as a [num_frames, size, size, 3] uint8 RGB array.
 
     A moving shape covers 60-100% of the room it has, at constant speed, from
-    a random start and at a random perpendicular offset; a still one sits at
-    a random position and every frame is identical. The random draws do not
+    a random start and at a random perpendicular offset, with a symmetric
+    motion blur along its path; a still one sits, sharp, at a random position
+    and every frame is identical. The random draws do not
     depend on the direction, so for equal generator states ``left`` is
     ``right[::-1]`` and ``up`` is ``down[::-1]`` exactly.
     """
@@ -187,17 +195,24 @@ def render_clip(colour: str,
     fixed = np.full(num_frames, across)
     if motion == 'still':
         xs, ys = np.full(num_frames, rng.uniform(low, high)), fixed
+        coverage = _shape_masks(shape, xs, ys, radius, size).astype(float)
     else:
         axis, direction = _MOVES[motion]
         along = np.linspace(start, start + travel, num_frames)
         if direction < 0:
             along = along[::-1]
-        xs, ys = (along, fixed) if axis == 0 else (fixed, along)
+        # Fraction of the exposure during which each pixel shows the shape.
+        offsets = np.linspace(-0.5, 0.5, BLUR_SAMPLES) * BLUR_LENGTH * radius
+        coverage = np.zeros((num_frames, size, size))
+        for offset in offsets:
+            shifted = along + offset
+            xs, ys = (shifted, fixed) if axis == 0 else (fixed, shifted)
+            coverage += _shape_masks(shape, xs, ys, radius, size)
+        coverage /= BLUR_SAMPLES
 
-    masks = _shape_masks(shape, xs, ys, radius, size)
-    frames = np.where(masks[..., None],
-                      np.asarray(COLOURS[colour], dtype=np.float64),
-                      background[None])
+    alpha = coverage[..., None]  # [F, size, size, 1]
+    colour_rgb = np.asarray(COLOURS[colour], dtype=np.float64)
+    frames = alpha * colour_rgb + (1 - alpha) * background[None]
     return np.round(frames).astype(np.uint8)
 
 

@@ -98,6 +98,8 @@ class CLIPBackbone(BaseModule):
         """
         b, t = frames.shape[:2]
         real = frame_mask.reshape(-1).bool()
+        if not real.any():
+            return frames.new_zeros(b, t, self.embed_dim)
         feats = self.encode_images(frames.flatten(0, 1)[real])  # [R, D]
         out = feats.new_zeros(b * t, feats.shape[-1])
         out[real] = feats

@@ -26,7 +26,8 @@ class _AllGather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        grad = grad.contiguous()
+        # A copy: autograd may hand the same gradient to other branches.
+        grad = grad.contiguous().clone()
         dist.all_reduce(grad)
         start = ctx.rank * ctx.batch
         return grad[start:start + ctx.batch]
