@@ -11,8 +11,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import mmclip4clip  # noqa: F401  (registers every component)
-from mmclip4clip.engine import enable_cpu_distributed
-from mmclip4clip.engine.config_utils import merge_cfg_options
+from mmclip4clip.engine.config_utils import apply_common_args, merge_cfg_options
 
 
 def parse_args() -> argparse.Namespace:
@@ -37,11 +36,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    apply_common_args(cfg, args.config, args.work_dir, args.launcher)
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint {args.checkpoint} does not exist')
     cfg.load_from = args.checkpoint
@@ -58,9 +53,6 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
         test_cfg = dict(cfg.get('test_cfg') or {})
         test_cfg['fp16'] = True
         cfg.test_cfg = test_cfg
-    cfg.launcher = args.launcher
-    if args.launcher != 'none':
-        enable_cpu_distributed(cfg)
     return cfg
 
 

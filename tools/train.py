@@ -5,14 +5,12 @@
 """
 import argparse
 import os
-import os.path as osp
 
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import mmclip4clip  # noqa: F401  (registers every component)
-from mmclip4clip.engine import enable_cpu_distributed
-from mmclip4clip.engine.config_utils import merge_cfg_options
+from mmclip4clip.engine.config_utils import apply_common_args, merge_cfg_options
 
 
 def parse_args() -> argparse.Namespace:
@@ -44,11 +42,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    apply_common_args(cfg, args.config, args.work_dir, args.launcher)
     if args.no_validate:
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     if args.amp:
@@ -66,9 +60,6 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
     if args.deterministic:
         randomness['deterministic'] = True
     cfg.randomness = randomness
-    cfg.launcher = args.launcher
-    if args.launcher != 'none':
-        enable_cpu_distributed(cfg)
     return cfg
 
 

@@ -1,7 +1,11 @@
 """Config handling shared by ``tools/train.py`` and ``tools/test.py``."""
 from __future__ import annotations
 
+import os.path as osp
+
 from mmengine.config import Config
+
+from mmclip4clip.engine.compat import enable_cpu_distributed
 
 # Top-level keys the mmengine Runner reads, plus those our configs use.
 RUNNER_KEYS = frozenset({
@@ -43,3 +47,17 @@ def merge_cfg_options(cfg: Config, options: dict | None) -> None:
                     f'--cfg-options {key}: the config has no key '
                     f'{".".join(parts[:depth + 1])!r}')
     cfg.merge_from_dict(options)
+
+
+def apply_common_args(cfg: Config, config_path: str, work_dir: str | None,
+                      launcher: str) -> None:
+    """Work dir (default ``work_dirs/<config name>``) and launcher, shared by
+    ``tools/train.py`` and ``tools/test.py``."""
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(config_path))[0])
+    cfg.launcher = launcher
+    if launcher != 'none':
+        enable_cpu_distributed(cfg)

@@ -61,6 +61,11 @@ class _RetrievalLoopMixin:
 
     _stage: str
 
+    def __init__(self, runner, dataloader, evaluator, fp16: bool = False,
+                 score_block_size: int = 4096) -> None:
+        super().__init__(runner, dataloader, evaluator, fp16)
+        self.score_block_size = score_block_size
+
     def run(self) -> dict:
         runner, stage = self.runner, self._stage
         runner.call_hook(f'before_{stage}')
@@ -110,11 +115,6 @@ class RetrievalValLoop(_RetrievalLoopMixin, ValLoop):
 
     _stage = 'val'
 
-    def __init__(self, runner, dataloader, evaluator, fp16: bool = False,
-                 score_block_size: int = 4096) -> None:
-        super().__init__(runner, dataloader, evaluator, fp16)
-        self.score_block_size = score_block_size
-
 
 @LOOPS.register_module()
 class RetrievalTestLoop(_RetrievalLoopMixin, TestLoop):
@@ -126,8 +126,3 @@ class RetrievalTestLoop(_RetrievalLoopMixin, TestLoop):
     """
 
     _stage = 'test'
-
-    def __init__(self, runner, dataloader, evaluator, fp16: bool = False,
-                 score_block_size: int = 4096) -> None:
-        super().__init__(runner, dataloader, evaluator, fp16)
-        self.score_block_size = score_block_size

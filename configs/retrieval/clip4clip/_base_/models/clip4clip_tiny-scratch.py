@@ -6,6 +6,9 @@ model = dict(
         type='CLIPBackbone',
         config=dict(
             projection_dim=64,
+            # Start at trained CLIP's temperature (logit scale 100): from
+            # the default 1/0.07 a scratch model sharpens too slowly.
+            logit_scale_init_value=4.6052,
             text_config=dict(
                 vocab_size=256, hidden_size=64, intermediate_size=256,
                 num_hidden_layers=2, num_attention_heads=2,
