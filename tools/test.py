@@ -11,7 +11,11 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import mmclip4clip  # noqa: F401  (registers every component)
-from mmclip4clip.engine.config_utils import apply_common_args, merge_cfg_options
+from mmclip4clip.engine.config_utils import (
+    apply_common_args,
+    finish_distributed,
+    merge_cfg_options,
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -63,6 +67,7 @@ def main() -> None:
     cfg = merge_args(cfg, args)
     runner = Runner.from_cfg(cfg)
     runner.test()
+    finish_distributed()
 
 
 if __name__ == '__main__':

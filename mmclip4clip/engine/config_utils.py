@@ -61,3 +61,17 @@ def apply_common_args(cfg: Config, config_path: str, work_dir: str | None,
     cfg.launcher = launcher
     if launcher != 'none':
         enable_cpu_distributed(cfg)
+
+
+def finish_distributed() -> None:
+    """Wait for every process, then close the process group.
+
+    Without this, a gloo process that finishes first can abort at exit
+    ("terminate called without an active exception") while another still
+    saves its last checkpoint, and torchrun reports the job as failed.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -119,3 +119,50 @@ def test_missing_checkpoint_is_named(workspace):
                     cwd=workspace)
     assert proc.returncode != 0
     assert 'nowhere/ckpt.pth' in proc.stderr
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def test_two_cpu_processes_train_and_match_one_process_test(workspace,
+                                                             trained):
+    """dist_train.sh / dist_test.sh run on gloo without CUDA, exit cleanly,
+    and 2-process evaluation gives exactly the 1-process ranks."""
+    import os
+    env = dict(os.environ, PORT=str(free_port()),
+               PATH=f'{Path(sys.executable).parent}:{os.environ["PATH"]}')
+    work_dir = workspace / 'dist_work'
+    proc = subprocess.run([
+        'bash', REPO / 'tools/dist_train.sh', CONFIG, '2', '--work-dir',
+        work_dir, '--cfg-options', 'train_cfg.max_epochs=1',
+        'train_cfg.val_interval=1'
+    ], cwd=workspace, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (work_dir / 'epoch_1.pth').is_file()
+
+    dumps = {}
+    for procs in ('1', '2'):
+        dump = workspace / f'dist_{procs}.pkl'
+        if procs == '1':
+            cmd = [sys.executable, REPO / 'tools/test.py', CONFIG, trained]
+        else:
+            env['PORT'] = str(free_port())
+            cmd = ['bash', REPO / 'tools/dist_test.sh', CONFIG, trained, '2']
+        proc = subprocess.run(
+            [*map(str, cmd), '--dump', str(dump), '--work-dir',
+             str(workspace / f'dist_test_{procs}')],
+            cwd=workspace, env=env, capture_output=True, text=True,
+            timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        with open(dump, 'rb') as f:
+            dumps[procs] = pickle.load(f)
+    assert dumps['1']['video_ids'] == dumps['2']['video_ids']
+    np.testing.assert_allclose(dumps['1']['scores'], dumps['2']['scores'],
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(dumps['1']['t2v_ranks'],
+                                  dumps['2']['t2v_ranks'])
+    assert dumps['1']['metrics'] == dumps['2']['metrics']
