@@ -1,3 +1,6 @@
 from .loose import LooseHead, MeanPHead, masked_mean
+from .temporal import SeqLSTMHead, SeqTransfHead
 
-__all__ = ['LooseHead', 'MeanPHead', 'masked_mean']
+__all__ = [
+    'LooseHead', 'MeanPHead', 'SeqLSTMHead', 'SeqTransfHead', 'masked_mean'
+]
