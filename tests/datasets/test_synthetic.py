@@ -15,11 +15,13 @@ from mmclip4clip.datasets.synthetic import (
     SHAPES,
     captions_for,
     ensure_synthetic_dataset,
+    load_meta,
     make_synthetic_dataset,
     render_clip,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# The parameters of the shared ``synthetic`` fixture (conftest.py).
 SMALL = {
     'train_per_combo': 1,
     'test_per_combo': 1,
@@ -39,10 +41,9 @@ EXPECTED_MOTION = {
 
 
 @pytest.fixture(scope='module')
-def dataset(tmp_path_factory) -> tuple[Path, dict]:
-    out_dir = tmp_path_factory.mktemp('synthetic') / 'data'
-    meta = make_synthetic_dataset(out_dir, seed=0, progress=False, **SMALL)
-    return out_dir, meta
+def dataset(synthetic) -> tuple[Path, dict]:
+    """The session's small synthetic dataset and its metadata."""
+    return synthetic, load_meta(synthetic)
 
 
 def load_records(out_dir: Path, split: str) -> list[dict]:
