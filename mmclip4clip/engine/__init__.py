@@ -1,9 +1,11 @@
 from .compat import enable_cpu_distributed, register_checkpoint_safe_types
 from .hooks import SafeCheckpointHook
+from .optim_constructor import CLIP4ClipOptimWrapperConstructor
 from .retrieval_loops import RetrievalTestLoop, RetrievalValLoop
 
 __all__ = [
-    'RetrievalTestLoop', 'RetrievalValLoop', 'SafeCheckpointHook',
+    'CLIP4ClipOptimWrapperConstructor', 'RetrievalTestLoop', 'RetrievalValLoop',
+    'SafeCheckpointHook',
     'enable_cpu_distributed', 'register_checkpoint_safe_types'
 ]
 

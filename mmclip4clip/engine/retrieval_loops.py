@@ -28,14 +28,20 @@ def gather_predictions(
 
 
 def build_scores(model, text_emb: Tensor, video_emb: Tensor,
-                 block_size: int) -> Tensor:
-    """[N, D] x [M, D] -> [N, M] scores on the CPU, ``block_size`` texts at a
-    time on the model's device."""
+                 block_size: int, video_mask: Tensor | None = None) -> Tensor:
+    """Texts x videos -> [N, M] scores on the CPU, ``block_size`` texts at a
+    time on the model's device.
+
+    ``video_emb`` is [M, D] for loose heads; the tight head takes frame
+    features [M, T, D] and their ``video_mask`` [M, T].
+    """
     device = next(model.parameters()).device
     video_emb = video_emb.to(device)
+    if video_mask is not None:
+        video_mask = video_mask.to(device)
     blocks = [
-        model.similarity(text_emb[i:i + block_size].to(device),
-                         video_emb).float().cpu()
+        model.similarity(text_emb[i:i + block_size].to(device), video_emb,
+                         video_mask).float().cpu()
         for i in range(0, text_emb.shape[0], block_size)
     ]
     return torch.cat(blocks)
@@ -45,10 +51,12 @@ def assemble_result(model, samples: list[BaseDataElement],
                     block_size: int) -> dict:
     """Per-video predictions -> the retrieval metric's input dict."""
     text_emb = torch.cat([s.text_emb for s in samples])  # [N, D]
-    video_emb = torch.stack([s.video_emb for s in samples])  # [M, D]
+    video_emb = torch.stack([s.video_emb for s in samples])  # [M, D] / [M, T, D]
+    video_mask = torch.stack([s.video_mask for s in samples]) \
+        if 'video_mask' in samples[0] else None  # [M, T], tight head only
     counts = torch.tensor([len(s.text_emb) for s in samples])
     return dict(
-        scores=build_scores(model, text_emb, video_emb, block_size),
+        scores=build_scores(model, text_emb, video_emb, block_size, video_mask),
         text_video_index=torch.repeat_interleave(
             torch.arange(len(samples)), counts),
         video_ids=[s.video_id for s in samples],
@@ -100,6 +108,8 @@ class _RetrievalLoopMixin:
             new = BaseDataElement(metainfo=sample.metainfo)
             new.video_emb = sample.video_emb.float().cpu()
             new.text_emb = sample.text_emb.float().cpu()
+            if 'video_mask' in sample:
+                new.video_mask = sample.video_mask.cpu()
             kept.append(new)
         return kept
 

@@ -12,12 +12,12 @@ MAX_WORD_ID = BOS - 1
 
 TINY_CLIP = dict(
     projection_dim=32,
-    text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64,
+    text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=128,
                      num_hidden_layers=2, num_attention_heads=2,
                      max_position_embeddings=16, pad_token_id=PAD,
                      bos_token_id=BOS, eos_token_id=EOT),
     vision_config=dict(image_size=16, patch_size=4, hidden_size=32,
-                       intermediate_size=64, num_hidden_layers=2,
+                       intermediate_size=128, num_hidden_layers=2,
                        num_attention_heads=2),
 )
 

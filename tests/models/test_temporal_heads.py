@@ -12,7 +12,7 @@ D, T = 64, 6
 def make_head(kind: str):
     torch.manual_seed(0)
     head = {'lstm': lambda: SeqLSTMHead(D),
-            'transf': lambda: SeqTransfHead(D, num_layers=2, max_frames=16)}
+            'transf': lambda: SeqTransfHead(D, num_layers=2, max_positions=16)}
     return head[kind]().eval()
 
 
@@ -64,14 +64,14 @@ def test_mean_pooling_ignores_frame_order_but_temporal_heads_do_not():
 
 
 def test_transf_refuses_more_frames_than_positions():
-    head = SeqTransfHead(D, num_layers=1, max_frames=4)
+    head = SeqTransfHead(D, num_layers=1, max_positions=4)
     with pytest.raises(ValueError, match='position table'):
         head(torch.randn(1, 5, D))
 
 
 @pytest.mark.parametrize('head', [
     dict(type='SeqLSTMHead', embed_dim=32),
-    dict(type='SeqTransfHead', embed_dim=32, num_layers=1, max_frames=8),
+    dict(type='SeqTransfHead', embed_dim=32, num_layers=1, max_positions=8),
 ])
 def test_temporal_heads_train_inside_clip4clip(clip_config, head):
     from mmengine.registry import MODELS, DefaultScope

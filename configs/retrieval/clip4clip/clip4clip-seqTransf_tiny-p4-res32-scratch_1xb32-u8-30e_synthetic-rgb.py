@@ -1,5 +1,8 @@
 # The synthetic default with the seqTransf head (frame order matters): the
 # comparison with meanP on captions that differ only by motion direction.
+# Two blocks with two heads, so they start from the tiny CLIP's two text
+# blocks as seqTransf does from real CLIP's first four.
 _base_ = ['clip4clip_tiny-p4-res32-scratch_1xb32-u8-30e_synthetic-rgb.py']
 
-model = dict(head=dict(type='SeqTransfHead', embed_dim=64, num_layers=4, max_frames=32))
+model = dict(head=dict(type='SeqTransfHead', embed_dim=64, num_layers=2,
+                       num_heads=2, max_positions=32))

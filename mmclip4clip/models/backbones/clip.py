@@ -4,7 +4,11 @@ The features are those of CLIP4Clip (spec section 1):
 
 - text: ``ln_final(h) @ text_projection`` read at the end-of-text token;
 - frames: every frame through the image tower on its own,
-  ``ln_post(h_cls) @ visual.proj``, giving ``[B, T, D]``.
+  ``ln_post(h_cls) @ visual.proj``, giving ``[B, T, D]``; with the "3d"
+  linear patch the patch tokens come from a Conv3d over each video's frame
+  stack instead (spec section 1).
+
+``freeze_layer_num`` follows the original rule (spec section 4).
 """
 from __future__ import annotations
 
@@ -42,6 +46,29 @@ def build_clip(pretrained: str | None = None,
             f'({err})') from err
 
 
+# CLIP parameters that ``freeze_layer_num`` never freezes (Hugging Face
+# names of OpenAI's ln_final, text_projection, logit_scale, visual.ln_post
+# and visual.proj); the 3-D patch conv lives outside ``clip`` and is never
+# frozen either.
+ALWAYS_TRAINED = ('text_model.final_layer_norm.', 'text_projection.',
+                  'logit_scale', 'vision_model.post_layernorm.',
+                  'visual_projection.')
+BLOCK_PREFIXES = ('text_model.encoder.layers.', 'vision_model.encoder.layers.')
+
+
+def is_frozen(name: str, freeze_layer_num: int) -> bool:
+    """Whether the CLIP parameter ``name`` is frozen by the original rule:
+    everything except :data:`ALWAYS_TRAINED` and the blocks of index
+    >= ``freeze_layer_num`` in both towers (so 0 still freezes the
+    embeddings and ``ln_pre``)."""
+    if name.startswith(ALWAYS_TRAINED):
+        return False
+    for prefix in BLOCK_PREFIXES:
+        if name.startswith(prefix):
+            return int(name[len(prefix):].split('.')[0]) < freeze_layer_num
+    return True
+
+
 @MODELS.register_module()
 class CLIPBackbone(BaseModule):
     """CLIP's two towers, encoding captions and video frames.
@@ -50,12 +77,47 @@ class CLIPBackbone(BaseModule):
         pretrained: Hugging Face directory or hub id of CLIP weights.
         config: :class:`transformers.CLIPConfig` arguments for a randomly
             initialised CLIP (tests, the synthetic default).
+        linear_patch: '2d' (CLIP's patch conv, frame by frame) or '3d' (a
+            Conv3d with kernel (3, p, p) over each video's frames, started
+            from the 2-D kernel so it first gives the '2d' output).
+        freeze_layer_num: -1 trains all of CLIP; N >= 0 freezes CLIP except
+            its output norms and projections, ``logit_scale`` and the blocks
+            of index >= N in both towers (spec section 4).
     """
 
     def __init__(self, pretrained: str | None = None,
-                 config: dict | None = None) -> None:
+                 config: dict | None = None, linear_patch: str = '2d',
+                 freeze_layer_num: int = -1) -> None:
         super().__init__()
+        if linear_patch not in ('2d', '3d'):
+            raise ValueError(
+                f"linear_patch must be '2d' or '3d', got {linear_patch!r}")
         self.clip = build_clip(pretrained, config)
+        self.linear_patch = linear_patch
+        if linear_patch == '3d':
+            self.conv2 = self._conv3d_from_patch_conv()
+        self.freeze_layer_num = freeze_layer_num
+        self._freeze()
+
+    def _conv3d_from_patch_conv(self) -> nn.Conv3d:
+        """Conv3d(3, W, (3, p, p)) whose middle temporal slice is CLIP's
+        patch kernel and the others zero."""
+        conv2d = self.clip.vision_model.embeddings.patch_embedding
+        p = conv2d.kernel_size[0]
+        conv3d = nn.Conv3d(conv2d.in_channels, conv2d.out_channels,
+                           kernel_size=(3, p, p), stride=(1, p, p),
+                           padding=(1, 0, 0), bias=False)
+        with torch.no_grad():
+            conv3d.weight.zero_()
+            conv3d.weight[:, :, 1] = conv2d.weight
+        return conv3d
+
+    def _freeze(self) -> None:
+        if self.freeze_layer_num < 0:
+            return
+        for name, param in self.clip.named_parameters():
+            if is_frozen(name, self.freeze_layer_num):
+                param.requires_grad_(False)
 
     @property
     def logit_scale(self) -> nn.Parameter:
@@ -90,6 +152,29 @@ class CLIPBackbone(BaseModule):
         out = self.clip.vision_model(pixel_values=images)
         return self.clip.visual_projection(out.pooler_output)
 
+    def encode_patch_tokens(self, tokens: Tensor) -> Tensor:
+        """[N, P, W] patch tokens (patch conv output) -> [N, D] features:
+        the rest of CLIP's image tower after the patch conv."""
+        vision = self.clip.vision_model
+        emb = vision.embeddings
+        cls = emb.class_embedding.expand(tokens.shape[0], 1, -1)
+        h = torch.cat([cls, tokens], dim=1)  # [N, 1 + P, W]
+        h = vision.pre_layrnorm(h + emb.position_embedding(emb.position_ids))
+        h = vision.encoder(inputs_embeds=h).last_hidden_state
+        return self.clip.visual_projection(vision.post_layernorm(h[:, 0]))
+
+    def patch_tokens_3d(self, frames: Tensor) -> Tensor:
+        """[B, T, 3, H, W] -> [B, T, P, W] patch tokens of the 3-D conv; the
+        temporal kernel of a frame also sees its neighbours, padded (zero)
+        frames included, as in the original."""
+        size = self.image_size
+        if frames.shape[-2:] != (size, size):
+            raise ValueError(f'frames of {tuple(frames.shape[-2:])} px, but '
+                             f'the model takes {size}x{size}')
+        x = self.conv2(frames.transpose(1, 2).to(self.conv2.weight.dtype))
+        # [B, W, T, g, g] -> [B, T, g * g, W]
+        return x.flatten(3).permute(0, 2, 3, 1)
+
     def encode_frames(self, frames: Tensor, frame_mask: Tensor) -> Tensor:
         """[B, T, 3, H, W] frames + [B, T] mask -> [B, T, D] frame features.
 
@@ -100,7 +185,11 @@ class CLIPBackbone(BaseModule):
         real = frame_mask.reshape(-1).bool()
         if not real.any():
             return frames.new_zeros(b, t, self.embed_dim)
-        feats = self.encode_images(frames.flatten(0, 1)[real])  # [R, D]
+        if self.linear_patch == '3d':
+            tokens = self.patch_tokens_3d(frames).flatten(0, 1)[real]
+            feats = self.encode_patch_tokens(tokens)  # [R, D]
+        else:
+            feats = self.encode_images(frames.flatten(0, 1)[real])  # [R, D]
         out = feats.new_zeros(b * t, feats.shape[-1])
         out[real] = feats
         return out.view(b, t, -1)

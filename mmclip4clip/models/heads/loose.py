@@ -35,6 +35,9 @@ class LooseHead(nn.Module):
     Subclasses implement :meth:`transform`, the head's ``G``.
     """
 
+    #: Scores are dot products of per-text and per-video embeddings.
+    pairwise = False
+
     def transform(self, x: Tensor, mask: Tensor | None) -> Tensor:
         """[B, T, D] -> [B, T, D]."""
         raise NotImplementedError

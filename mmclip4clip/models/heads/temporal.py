@@ -4,9 +4,8 @@ Both add their output to the input frame features (``G(F) = f(F) + F``) and
 then pool like meanP (see :class:`LooseHead`), so frame order matters but the
 video is still one vector.
 
-Not yet done (issue 3): initialising the frame position table and the
-seqTransf blocks from CLIP's text transformer; both start from random
-weights here.
+seqTransf's position table and blocks start from CLIP's text tower
+(``init_from_clip``), as in the original.
 """
 from __future__ import annotations
 
@@ -16,6 +15,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mmclip4clip.registry import MODELS
 
+from .cross_blocks import CrossTransformer, init_new_module, load_position_rows
 from .loose import LooseHead
 
 
@@ -57,66 +57,45 @@ class SeqLSTMHead(LooseHead):
         return out + x
 
 
-class QuickGELU(nn.Module):
-    """CLIP's activation: x * sigmoid(1.702 x)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * torch.sigmoid(1.702 * x)
-
-
-class ResidualAttentionBlock(nn.Module):
-    """Pre-LN transformer block as in CLIP (QuickGELU MLP, 4x width), with
-    CLIP4Clip's cross-module LayerNorm eps of 1e-12."""
-
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(width, eps=1e-12)
-        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.ln_2 = nn.LayerNorm(width, eps=1e-12)
-        self.mlp = nn.Sequential(nn.Linear(width, width * 4), QuickGELU(),
-                                 nn.Linear(width * 4, width))
-
-    def forward(self, x: Tensor, key_bias: Tensor) -> Tensor:
-        """[B, T, W] + additive key bias [B * heads, T, T] -> [B, T, W]."""
-        h = self.ln_1(x)
-        x = x + self.attn(h, h, h, attn_mask=key_bias, need_weights=False)[0]
-        return x + self.mlp(self.ln_2(x))
-
-
 @MODELS.register_module()
 class SeqTransfHead(LooseHead):
     """seqTransf: frame positions + ``num_layers`` attention blocks over the
     frames, plus a residual.
 
     Padded frames are hidden from attention by an additive key bias of -1e6,
-    as in the original; there is no causal mask.
+    as in the original; there is no causal mask. The position table and the
+    blocks start from CLIP's text positional embedding and first text blocks
+    (:meth:`init_from_clip`, called by the retriever); weights loaded later
+    from a checkpoint replace them.
 
     Args:
-        embed_dim: D, the frame feature width (D / 64 heads, at least 1).
+        embed_dim: D, the frame feature width.
         num_layers: ``n_cross`` blocks (4 in the paper).
-        max_frames: rows of the frame position table.
+        num_heads: attention heads; default D / 64 as in CLIP's text tower.
+        max_positions: rows of the frame position table; the original uses
+            CLIP's context length (77), which bounds the number of frames.
     """
 
     def __init__(self, embed_dim: int, num_layers: int = 4,
-                 max_frames: int = 128) -> None:
+                 num_heads: int | None = None,
+                 max_positions: int = 77) -> None:
         super().__init__()
-        self.heads = max(embed_dim // 64, 1)
-        self.frame_position_embeddings = nn.Embedding(max_frames, embed_dim)
-        self.blocks = nn.ModuleList(
-            ResidualAttentionBlock(embed_dim, self.heads)
-            for _ in range(num_layers))
+        self.frame_position_embeddings = nn.Embedding(max_positions, embed_dim)
+        self.transformer = CrossTransformer(embed_dim, num_layers, num_heads)
+        init_new_module(self)
+
+    def init_from_clip(self, clip: nn.Module) -> None:
+        """Position rows and blocks from CLIP's text tower (spec section 2)."""
+        load_position_rows(self.frame_position_embeddings, clip.text_model)
+        self.transformer.load_hf_clip_text_layers(clip.text_model)
 
     def transform(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        b, t, _ = x.shape
+        t = x.shape[1]
         if t > self.frame_position_embeddings.num_embeddings:
             raise ValueError(
                 f'{t} frames but the frame position table has '
                 f'{self.frame_position_embeddings.num_embeddings} rows')
         h = x + self.frame_position_embeddings.weight[:t]  # [B, T, D]
         if mask is None:
-            mask = x.new_ones(b, t)
-        key_bias = (1.0 - mask.to(x.dtype))[:, None, :] * -1e6  # [B, 1, T]
-        key_bias = key_bias.expand(b, t, t).repeat_interleave(self.heads, 0)
-        for block in self.blocks:
-            h = block(h, key_bias)
-        return h + x
+            mask = x.new_ones(x.shape[:2])
+        return self.transformer(h, mask) + x

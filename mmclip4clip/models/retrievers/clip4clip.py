@@ -22,16 +22,26 @@ class CLIP4Clip(BaseModel):
     - ``input_ids`` / ``attention_mask``: [N, L] tokenised captions;
     - ``text_video_index``: [N], the video (0..B-1) each caption describes.
 
-    Modes: ``loss`` (one caption per video, symmetric InfoNCE over the batch
-    gathered from all processes), ``predict`` (per-video data samples holding
-    ``video_emb`` [D] and ``text_emb`` [K, D] for its K captions, for the
-    encode-once evaluation loop) and ``tensor`` (the batch's text x video
-    score matrix).
+    Modes: ``loss`` (one caption per video, symmetric InfoNCE),
+    ``predict`` (per-video data samples holding ``video_emb`` and ``text_emb``
+    [K, D] for its K captions, for the encode-once evaluation loop) and
+    ``tensor`` (the batch's text x video score matrix).
+
+    Loose heads (meanP, seqLSTM, seqTransf) embed texts and videos apart:
+    ``video_emb`` is a unit vector [D], the loss runs over the batch gathered
+    from all processes. The tight head (tightTransf) scores pairs: a video is
+    kept as its frame features [T, D] (``video_emb``) and mask
+    (``video_mask``), and the loss runs over the in-batch pairs of each
+    process, as in the original.
 
     Args:
         backbone: config of :class:`CLIPBackbone`.
-        head: config of a loose similarity head (e.g. ``MeanPHead``).
+        head: config of a similarity head (``MeanPHead``, ``SeqLSTMHead``,
+            ``SeqTransfHead`` or ``TightTransfHead``).
         loss: config of the loss on the text x video logits.
+        init_head_from_clip: start the head's position table and blocks from
+            CLIP's text tower (spec section 2); a checkpoint loaded later
+            replaces them.
         data_preprocessor: config of the data preprocessor.
         init_cfg: mmengine initialisation config.
     """
@@ -40,6 +50,7 @@ class CLIP4Clip(BaseModel):
                  backbone: dict,
                  head: dict,
                  loss: dict | None = None,
+                 init_head_from_clip: bool = True,
                  data_preprocessor: dict | None = None,
                  init_cfg: dict | None = None) -> None:
         if data_preprocessor is None:
@@ -50,21 +61,42 @@ class CLIP4Clip(BaseModel):
         self.head = MODELS.build(head)
         self.loss_module = MODELS.build(
             loss if loss is not None else dict(type='SymmetricInfoNCELoss'))
+        if init_head_from_clip and hasattr(self.head, 'init_from_clip'):
+            self.head.init_from_clip(self.backbone.clip)
+
+    @property
+    def pairwise(self) -> bool:
+        """True for the tight head, which scores (text, video) pairs."""
+        return self.head.pairwise
 
     # ---- encoders -------------------------------------------------------
     def encode_text(self, input_ids: Tensor,
                     attention_mask: Tensor | None = None) -> Tensor:
-        """[N, L] -> [N, D] unit-norm text embeddings."""
+        """[N, L] -> [N, D] text embeddings: unit vectors for the loose
+        heads, the raw projected feature for the tight head."""
         feats = self.backbone.encode_text(input_ids, attention_mask)
-        return F.normalize(feats, dim=-1)
+        return feats if self.pairwise else F.normalize(feats, dim=-1)
 
     def encode_video(self, frames: Tensor, frame_mask: Tensor) -> Tensor:
-        """[B, T, 3, H, W] + [B, T] -> [B, D] unit-norm video embeddings."""
+        """[B, T, 3, H, W] + [B, T] -> video embeddings: [B, D] unit vectors
+        for the loose heads, the frame features [B, T, D] for the tight
+        head."""
         feats = self.backbone.encode_frames(frames, frame_mask)  # [B, T, D]
-        return self.head(feats, frame_mask)
+        return feats if self.pairwise else self.head(feats, frame_mask)
 
-    def similarity(self, text_emb: Tensor, video_emb: Tensor) -> Tensor:
-        """[N, D] x [M, D] unit vectors -> [N, M] logits (rows are texts)."""
+    def similarity(self, text_emb: Tensor, video_emb: Tensor,
+                   video_mask: Tensor | None = None) -> Tensor:
+        """Texts x videos -> [N, M] logits (rows are texts).
+
+        Loose heads: ``logit_scale.exp() * t @ v.T`` for [N, D] and [M, D]
+        unit vectors. Tight head: the pair logits of [N, D] text features
+        against [M, T, D] frame features with their [M, T] ``video_mask``,
+        in chunks of the head's ``chunk_size`` pairs.
+        """
+        if self.pairwise:
+            if video_mask is None:
+                raise ValueError('the tight head needs the videos\' frame mask')
+            return self.head.pair_logits(text_emb, video_emb, video_mask)
         return self.backbone.logit_scale.exp() * text_emb @ video_emb.t()
 
     @torch.no_grad()
@@ -72,11 +104,13 @@ class CLIP4Clip(BaseModel):
                    frames: Tensor, frame_mask: Tensor) -> Tensor:
         """Score matrix for tokenised captions and normalised frames.
 
-        [N, L] ids and mask, [M, T, 3, H, W] frames, [M, T] mask -> [N, M].
+        [N, L] ids and mask, [M, T, 3, H, W] frames, [M, T] mask -> [N, M]
+        (loose heads including ``logit_scale.exp()``, the tight head its pair
+        logits).
         """
         return self.similarity(
             self.encode_text(input_ids, attention_mask),
-            self.encode_video(frames, frame_mask))
+            self.encode_video(frames, frame_mask), frame_mask)
 
     # ---- mmengine modes -------------------------------------------------
     def forward(self, inputs: dict,
@@ -94,7 +128,9 @@ class CLIP4Clip(BaseModel):
                          'or tensor')
 
     def loss(self, inputs: dict) -> dict[str, Tensor]:
-        """Symmetric InfoNCE over the global batch, one caption per video."""
+        """Symmetric InfoNCE, one caption per video: over the global batch
+        for loose heads, over each process's in-batch pairs for the tight
+        head (N x N cross-encoder passes per process, as in the original)."""
         num_videos = inputs['frames'].shape[0]
         index = inputs['text_video_index']
         if index.shape[0] != num_videos or not torch.equal(
@@ -103,6 +139,9 @@ class CLIP4Clip(BaseModel):
                              'in video order (dataset in train mode)')
         text = self.encode_text(inputs['input_ids'], inputs['attention_mask'])
         video = self.encode_video(inputs['frames'], inputs['frame_mask'])
+        if self.pairwise:
+            logits = self.head.pair_logits(text, video, inputs['frame_mask'])
+            return dict(loss=self.loss_module(logits))
         text = all_gather_with_grad(text)  # [W * B, D]
         video = all_gather_with_grad(video)  # [W * B, D]
         return dict(loss=self.loss_module(self.similarity(text, video)))
@@ -117,4 +156,6 @@ class CLIP4Clip(BaseModel):
         for i, sample in enumerate(data_samples):
             sample.video_emb = video[i]
             sample.text_emb = text[index == i]
+            if self.pairwise:
+                sample.video_mask = inputs['frame_mask'][i]
         return data_samples
