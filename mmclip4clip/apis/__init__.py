@@ -1,0 +1,3 @@
+from .inference import init_retriever
+
+__all__ = ['init_retriever']

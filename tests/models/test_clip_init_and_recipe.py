@@ -96,7 +96,7 @@ def test_3d_patch_at_initialisation_equals_2d(clip_config):
     two = CLIPBackbone(config=clip_config).eval()
     three = CLIPBackbone(config=clip_config, linear_patch='3d').eval()
     three.clip.load_state_dict(two.clip.state_dict())
-    three.conv2 = three._conv3d_from_patch_conv()
+    three.conv2 = three.conv3d_from_patch_conv()
     frames, mask = frames_and_mask()
     torch.testing.assert_close(three.encode_frames(frames, mask),
                                two.encode_frames(frames, mask),

@@ -95,3 +95,41 @@ def test_temporal_heads_train_inside_clip4clip(clip_config, head):
     loss.backward()
     grads = [p.grad for p in model.head.parameters()]
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@torch.no_grad()
+def test_reversed_clip_scores_same_for_meanp_only(clip_config):
+    """End to end: the score of a clip and of its time-reversed copy."""
+    from mmengine.registry import MODELS, DefaultScope
+
+    import mmclip4clip  # noqa: F401
+
+    heads = {
+        'meanP': dict(type='MeanPHead'),
+        'seqLSTM': dict(type='SeqLSTMHead', embed_dim=32),
+        'seqTransf': dict(type='SeqTransfHead', embed_dim=32, num_layers=2,
+                          num_heads=2, max_positions=16),
+        'tightTransf': dict(type='TightTransfHead', embed_dim=32,
+                            num_layers=2, num_heads=2, max_positions=16),
+    }
+    gen = torch.Generator().manual_seed(5)
+    frames = torch.randn(2, 5, 3, 16, 16, generator=gen)
+    mask = torch.ones(2, 5, dtype=torch.long)
+    ids = torch.tensor([[62, 5, 6, 63], [62, 7, 63, 0]])
+    for name, head in heads.items():
+        torch.manual_seed(0)
+        with DefaultScope.overwrite_default_scope('mmclip4clip'):
+            model = MODELS.build(dict(
+                type='CLIP4Clip', head=head,
+                backbone=dict(type='CLIPBackbone', config=clip_config))).eval()
+        for table in ('frame_position_embeddings', 'position_embeddings'):
+            if hasattr(model.head, table):  # as large as the frame features
+                getattr(model.head, table).weight.normal_()
+        forward = model.sim_matrix(ids, (ids > 0).long(), frames, mask)
+        backward = model.sim_matrix(ids, (ids > 0).long(), frames.flip(1),
+                                    mask)
+        gap = (forward - backward).abs().max() / forward.abs().max()
+        if name == 'meanP':
+            assert gap < 1e-5
+        else:
+            assert gap > 1e-3, name

@@ -166,3 +166,34 @@ def test_two_cpu_processes_train_and_match_one_process_test(workspace,
     np.testing.assert_array_equal(dumps['1']['t2v_ranks'],
                                   dumps['2']['t2v_ranks'])
     assert dumps['1']['metrics'] == dumps['2']['metrics']
+
+
+def test_converted_openai_checkpoint_runs_in_the_test_tool(workspace):
+    """convert_checkpoint.py writes model.pth + config.py that tools/test.py
+    runs as is (tightTransf: the pairwise path of the evaluation loop)."""
+    sys.path.insert(0, str(REPO / 'tests' / 'models'))
+    from openai_reference import make_openai_state_dict, save_openai_torchscript
+
+    # The synthetic data's shapes: 32 px frames, word-level vocabulary < 256.
+    weights = make_openai_state_dict(width=64, vision_width=64, image_size=32,
+                                     context_length=16, vocab=256, embed_dim=64)
+    src = workspace / 'ViT-tiny.pt'
+    save_openai_torchscript(weights, str(src))
+    out = workspace / 'converted'
+    proc = run_tool([
+        REPO / 'tools/convert_checkpoint.py', src, out, '--format', 'openai',
+        '--sim-header', 'tightTransf', '--max-words', '16', '--max-frames', '4',
+        '--base-config', CONFIG], cwd=workspace)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'tools/test.py' in proc.stdout
+    dump = workspace / 'converted_result.pkl'
+    proc = run_tool([REPO / 'tools/test.py', out / 'config.py',
+                     out / 'model.pth', '--dump', dump,
+                     '--work-dir', workspace / 'converted_work'], cwd=workspace)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(dump, 'rb') as f:
+        result = pickle.load(f)
+    assert result['scores'].shape == (180, 90)
+    assert np.isfinite(result['scores']).all()
+    assert result['scores'].std() > 0
+    assert set(result['metrics']) == METRIC_KEYS

@@ -95,11 +95,11 @@ class CLIPBackbone(BaseModule):
         self.clip = build_clip(pretrained, config)
         self.linear_patch = linear_patch
         if linear_patch == '3d':
-            self.conv2 = self._conv3d_from_patch_conv()
+            self.conv2 = self.conv3d_from_patch_conv()
         self.freeze_layer_num = freeze_layer_num
         self._freeze()
 
-    def _conv3d_from_patch_conv(self) -> nn.Conv3d:
+    def conv3d_from_patch_conv(self) -> nn.Conv3d:
         """Conv3d(3, W, (3, p, p)) whose middle temporal slice is CLIP's
         patch kernel and the others zero."""
         conv2d = self.clip.vision_model.embeddings.patch_embedding

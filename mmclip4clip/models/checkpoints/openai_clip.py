@@ -52,7 +52,7 @@ _NON_WEIGHT_KEYS = ('input_resolution', 'context_length', 'vocab_size')
 
 # First key components of OpenAI's CLIP module: a key starting with one of
 # these (after the prefix) is a CLIP key and must be converted.
-_CLIP_ROOTS = frozenset({
+CLIP_ROOTS = frozenset({
     'token_embedding', 'positional_embedding', 'transformer', 'ln_final',
     'text_projection', 'visual', 'logit_scale'
 })
@@ -281,7 +281,7 @@ def openai_to_hf(sd: Mapping[str, Tensor],
         if not key.startswith(prefix):
             continue
         name = key[len(prefix):]
-        if name.split('.', 1)[0] not in _CLIP_ROOTS:
+        if name.split('.', 1)[0] not in CLIP_ROOTS:
             continue
         if name in _PLAIN_RENAMES:
             out[_PLAIN_RENAMES[name]] = value

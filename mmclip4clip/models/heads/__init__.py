@@ -1,10 +1,12 @@
 from .cross_blocks import CrossTransformer, QuickGELU, ResidualAttentionBlock
 from .loose import LooseHead, MeanPHead, masked_mean
+from .mmaction2_adapters import MMAction2MeanHead, MMAction2TransformerHead
 from .temporal import SeqLSTMHead, SeqTransfHead
 from .tight import TightTransfHead
 
 __all__ = [
-    'CrossTransformer', 'LooseHead', 'MeanPHead', 'QuickGELU',
+    'CrossTransformer', 'LooseHead', 'MeanPHead', 'MMAction2MeanHead',
+    'MMAction2TransformerHead', 'QuickGELU',
     'ResidualAttentionBlock', 'SeqLSTMHead', 'SeqTransfHead', 'TightTransfHead',
     'masked_mean'
 ]

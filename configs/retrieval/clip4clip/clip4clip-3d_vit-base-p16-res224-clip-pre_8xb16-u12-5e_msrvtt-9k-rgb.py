@@ -1,0 +1,12 @@
+# CLIP4Clip meanP (3d linear patch) on ViT-B/16, MSR-VTT 9k train,
+# 1k-A test, with the paper's recipe (8 GPUs x 16, 12 frames, 5 epochs).
+_base_ = [
+    '_base_/models/clip4clip_vit-base-p16.py',
+    '_base_/datasets/msrvtt-9k.py',
+    '_base_/schedules/clip4clip_paper.py',
+    '_base_/default_runtime.py',
+]
+
+# CLIP weights: a Hugging Face directory (offline) or hub id.
+clip_pretrained = 'openai/clip-vit-base-patch16'
+model = dict(backbone=dict(pretrained=clip_pretrained, linear_patch='3d'))

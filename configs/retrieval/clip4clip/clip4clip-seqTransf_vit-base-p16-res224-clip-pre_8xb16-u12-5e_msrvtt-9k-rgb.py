@@ -1,0 +1,13 @@
+# CLIP4Clip seqTransf (2d linear patch) on ViT-B/16, MSR-VTT 9k train,
+# 1k-A test, with the paper's recipe (8 GPUs x 16, 12 frames, 5 epochs).
+_base_ = [
+    '_base_/models/clip4clip_vit-base-p16.py',
+    '_base_/datasets/msrvtt-9k.py',
+    '_base_/schedules/clip4clip_paper.py',
+    '_base_/default_runtime.py',
+]
+
+# CLIP weights: a Hugging Face directory (offline) or hub id.
+clip_pretrained = 'openai/clip-vit-base-patch16'
+model = dict(backbone=dict(pretrained=clip_pretrained),
+             head=dict(type='SeqTransfHead', embed_dim=512, num_layers=4))
