@@ -5,6 +5,12 @@ either moves in a straight line at constant speed (left, right, up or down) or
 stays still, and its captions name colour, shape and motion. That gives
 6 colours x 3 shapes x 5 motions = 90 caption meanings.
 
+Captions also say where the shape is, in words that survive time reversal:
+the row a horizontal mover runs along ("along the top"), the column of a
+vertical mover ("along the west"), the cell of a still shape ("at the bottom
+centre"). So frame features must encode where the shape is, which is what a
+temporal head needs to tell the direction from the order of the frames.
+
 The rendering is built so that a clip played backwards is a valid clip of the
 opposite direction: for the same random draws, ``left`` is exactly ``right``
 reversed in time (and ``up`` is ``down`` reversed). The set of frames thus
@@ -28,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 # Bright, saturated shape colours; backgrounds stay below BACKGROUND_MAX in
 # every channel so the shape always stands out.
@@ -83,6 +89,10 @@ _STILL_TEMPLATES: tuple[str, ...] = (
     'a {colour} {shape} stays in place',
     'the {colour} {shape} remains still',
 )
+# Thirds of the frame, top to bottom and west to east; words distinct from the
+# direction words.
+ROWS: tuple[str, ...] = ('top', 'middle', 'bottom')
+COLUMNS: tuple[str, ...] = ('west', 'centre', 'east')
 _TO_DIRECTION = {
     'left': 'to the left',
     'right': 'to the right',
@@ -162,7 +172,31 @@ def render_clip(colour: str,
                 rng: np.random.Generator,
                 size: int = 64,
                 num_frames: int = 40) -> np.ndarray:
-    """Render one clip as a [num_frames, size, size, 3] uint8 RGB array.
+    """Render one clip as a [num_frames, size, size, 3] uint8 RGB array
+    (see :func:`render_clip_and_place`)."""
+    return render_clip_and_place(colour, shape, motion, rng, size,
+                                 num_frames)[0]
+
+
+def place_words(motion: str, centre_x: float, centre_y: float,
+                size: int) -> str:
+    """Where a clip's shape is, from its mean centre: the row of a
+    horizontal mover, the column of a vertical one, both for a still one."""
+    row = ROWS[min(int(3 * centre_y / size), 2)]
+    column = COLUMNS[min(int(3 * centre_x / size), 2)]
+    if motion == 'still':
+        return f'at the {row} {column}'
+    return f'along the {row if _MOVES[motion][0] == 0 else column}'
+
+
+def render_clip_and_place(colour: str,
+                          shape: str,
+                          motion: str,
+                          rng: np.random.Generator,
+                          size: int = 64,
+                          num_frames: int = 40) -> tuple[np.ndarray, str]:
+    """Render one clip as a [num_frames, size, size, 3] uint8 RGB array,
+    with the words saying where its shape is (:func:`place_words`).
 
     A moving shape covers 60-100% of the room it has, at constant speed, from
     a random start and at a random perpendicular offset, with a symmetric
@@ -196,11 +230,14 @@ def render_clip(colour: str,
     if motion == 'still':
         xs, ys = np.full(num_frames, rng.uniform(low, high)), fixed
         coverage = _shape_masks(shape, xs, ys, radius, size).astype(float)
+        centre = (xs[0], ys[0])
     else:
         axis, direction = _MOVES[motion]
         along = np.linspace(start, start + travel, num_frames)
         if direction < 0:
             along = along[::-1]
+        middle = start + travel / 2
+        centre = (middle, across) if axis == 0 else (across, middle)
         # Fraction of the exposure during which each pixel shows the shape.
         offsets = np.linspace(-0.5, 0.5, BLUR_SAMPLES) * BLUR_LENGTH * radius
         coverage = np.zeros((num_frames, size, size))
@@ -213,7 +250,8 @@ def render_clip(colour: str,
     alpha = coverage[..., None]  # [F, size, size, 1]
     colour_rgb = np.asarray(COLOURS[colour], dtype=np.float64)
     frames = alpha * colour_rgb + (1 - alpha) * background[None]
-    return np.round(frames).astype(np.uint8)
+    return (np.round(frames).astype(np.uint8),
+            place_words(motion, *centre, size))
 
 
 def write_mp4(frames: np.ndarray, path: str | Path, fps: int) -> None:
@@ -247,9 +285,11 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int) -> None:
 
 
 def captions_for(colour: str, shape: str, motion: str,
-                 rng: np.random.Generator, k: int) -> list[str]:
+                 rng: np.random.Generator, k: int,
+                 place: str | None = None) -> list[str]:
     """``k`` distinct lowercase captions naming colour, shape and motion,
-    each from a different template chosen at random."""
+    each from a different template chosen at random, followed by ``place``
+    (:func:`place_words`) when given."""
     templates = _STILL_TEMPLATES if motion == 'still' else _MOVING_TEMPLATES
     if not 1 <= k <= len(templates):
         raise ValueError(f'k must be between 1 and {len(templates)}, got {k}')
@@ -260,7 +300,8 @@ def captions_for(colour: str, shape: str, motion: str,
         'to_direction': _TO_DIRECTION.get(motion),
     }
     chosen = rng.choice(len(templates), size=k, replace=False)
-    return [templates[i].format(**words) for i in chosen]
+    suffix = f' {place}' if place else ''
+    return [templates[i].format(**words) + suffix for i in chosen]
 
 
 def _word_level_tokenizer(words: list[str]):
@@ -380,9 +421,10 @@ def make_synthetic_dataset(out_dir: str | Path,
         combos = itertools.product(COMBINATIONS, range(per_combo[split]))
         for index, ((colour, shape, motion), _) in enumerate(combos):
             rng = _clip_rng(seed, split, index)
-            frames = render_clip(colour, shape, motion, rng, size, num_frames)
+            frames, place = render_clip_and_place(colour, shape, motion, rng,
+                                                  size, num_frames)
             captions = captions_for(colour, shape, motion, rng,
-                                    captions_per_video)
+                                    captions_per_video, place)
             name = f'{index:05d}_{colour}_{shape}_{motion}.mp4'
             write_mp4(frames, video_dir / name, fps)
             records.append({'video': f'{split}/{name}', 'captions': captions})

@@ -10,14 +10,17 @@ import pytest
 
 from mmclip4clip.datasets.synthetic import (
     COLOURS,
+    COLUMNS,
     COMBINATIONS,
     MOTIONS,
+    ROWS,
     SHAPES,
     captions_for,
     ensure_synthetic_dataset,
     load_meta,
     make_synthetic_dataset,
     render_clip,
+    render_clip_and_place,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -274,3 +277,37 @@ def test_motion_blur_shows_the_axis_in_every_frame(motion, axis):
             assert (extent_x > extent_y).all()
         else:
             assert (extent_y > extent_x).all()
+
+
+@pytest.mark.parametrize('motion', MOTIONS)
+def test_place_words_name_the_third_the_shape_is_in(motion):
+    """Rows for horizontal movers, columns for vertical ones, both for still
+    shapes; read off the shape's pixels, the same for the reversed clip."""
+    seen = set()
+    for seed in range(40):
+        clip, place = render_clip_and_place(
+            'white', 'square', motion, np.random.default_rng(seed))
+        x, y = centroids(clip, 'white').mean(axis=0)
+        row, column = ROWS[int(3 * y / 64)], COLUMNS[int(3 * x / 64)]
+        # Centroids within a pixel of a third's border may round either way.
+        if min(abs(v * 3 / 64 - round(v * 3 / 64)) for v in (x, y)) < 0.05:
+            continue
+        expected = {'still': f'at the {row} {column}',
+                    'left': f'along the {row}', 'right': f'along the {row}',
+                    'up': f'along the {column}', 'down': f'along the {column}'}
+        assert place == expected[motion], (seed, x, y)
+        seen.add(place)
+        if motion in EXPECTED_MOTION:
+            opposite = {'left': 'right', 'right': 'left', 'up': 'down',
+                        'down': 'up'}[motion]
+            assert render_clip_and_place('white', 'square', opposite,
+                                         np.random.default_rng(seed))[1] == place
+    assert len(seen) >= 3  # the words vary with the clip
+
+
+def test_captions_end_with_the_place_words():
+    captions = captions_for('red', 'circle', 'up', np.random.default_rng(0), 2,
+                            'along the west')
+    assert all(c.endswith(' up along the west') for c in captions)
+    assert all(c.startswith(('a red circle', 'the red circle'))
+               for c in captions)
