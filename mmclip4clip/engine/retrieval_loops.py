@@ -96,6 +96,9 @@ class _RetrievalLoopMixin:
                                      self.score_block_size)
         self.evaluator.process(data_samples=[result], data_batch=None)
         metrics = self.evaluator.evaluate(1)
+        dataset = self.dataloader.dataset
+        if getattr(dataset, 'skipped', None):  # skip_broken=True left some out
+            runner.logger.warning(dataset.skip_summary())
         runner.call_hook(f'after_{stage}_epoch', metrics=metrics)
         runner.call_hook(f'after_{stage}')
         return metrics

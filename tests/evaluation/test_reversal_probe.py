@@ -1,7 +1,4 @@
 """The reversal probe: a clip against its time-reversed copy."""
-import sys
-from pathlib import Path
-
 import torch
 from mmengine.registry import DefaultScope
 from mmengine.structures import BaseDataElement
@@ -13,8 +10,16 @@ from mmclip4clip.evaluation.reversal_probe import (
 )
 from mmclip4clip.registry import MODELS
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'models'))
-from conftest import TINY_CLIP  # noqa: E402
+# A tiny CLIP: ids 62/63 are start/end of text, frames 16 px.
+TINY_CLIP = dict(
+    projection_dim=32,
+    text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=128,
+                     num_hidden_layers=2, num_attention_heads=2,
+                     max_position_embeddings=16, pad_token_id=0,
+                     bos_token_id=62, eos_token_id=63),
+    vision_config=dict(image_size=16, patch_size=4, hidden_size=32,
+                       intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=2))
 
 
 def test_reverse_real_frames_keeps_padding_at_the_end():

@@ -24,6 +24,15 @@ STAND_IN_512 = dict(
                        num_attention_heads=1))
 
 
+def test_there_is_a_meanp_and_seqtransf_config_per_dataset():
+    names = {p.name for p in CONFIGS}
+    for dataset, sched in (('msvd', '8xb16-u12'), ('lsmdc', '8xb16-u12'),
+                           ('activitynet', '8xb8-u64'), ('didemo', '8xb8-u64')):
+        for head in ('', '-seqTransf'):
+            assert (f'clip4clip{head}_vit-base-p32-res224-clip-pre_{sched}-5e_'
+                    f'{dataset}-rgb.py') in names
+
+
 def test_there_is_a_msrvtt_config_per_head_patch_and_arch():
     names = {p.name for p in CONFIGS}
     for head in ('', '-seqLSTM', '-seqTransf', '-tightTransf'):
@@ -47,6 +56,11 @@ def test_config_parses_and_its_model_builds(path):
         backbone['config'] = STAND_IN_512
     with DefaultScope.overwrite_default_scope('mmclip4clip'):
         model = MODELS.build(model_cfg)
+    if '-u64-' in path.name:  # the paragraph datasets
+        pipeline = cfg.test_dataloader.dataset.pipeline
+        kinds = {t.type: t for t in pipeline}
+        assert kinds['SampleFramesByRate'].max_frames == 64
+        assert kinds['TokenizeCaptions'].max_words == 64
     if 'msrvtt' in path.name:
         assert cfg.optim_wrapper.paramwise_cfg.coef_lr == 1e-3
         assert cfg.optim_wrapper.optimizer.lr == 1e-4

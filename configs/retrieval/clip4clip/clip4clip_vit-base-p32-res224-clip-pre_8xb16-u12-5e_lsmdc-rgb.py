@@ -1,0 +1,10 @@
+# CLIP4Clip meanP on ViT-B/32 for LSMDC (~101k train clips; 1,000 test clips),
+# with the paper's settings for it (12 frames; paper recipe, 5 epochs).
+_base_ = [
+    '_base_/models/clip4clip_vit-base-p32.py',
+    '_base_/datasets/lsmdc.py',
+    '_base_/schedules/clip4clip_paper.py',
+    '_base_/default_runtime.py',
+]
+
+# meanP: the model base's head.

@@ -1,0 +1,441 @@
+"""Check a dataset's annotations and videos before a long run.
+
+Every video is opened once with decord (the reader the data pipeline uses),
+in parallel, and every record and caption is checked the way the dataset and
+its pipeline will use them. Categories (errors make the check fail):
+
+errors
+    ``annotation_file``: the annotation file is missing or not a JSON list.
+    ``bad_record``: a record the dataset would refuse (missing ``video``,
+    bad ``start``/``end``, unknown key, duplicate ``video_id``).
+    ``missing``: the video file does not exist.
+    ``empty``: zero-length: the file has 0 bytes, or it opens with 0 frames.
+    ``unreadable``: the decoder cannot open it, or cannot decode its first and
+    last frames (a truncated file fails here); with ``full_decode`` every
+    frame is decoded.
+    ``too_short``: the frame sampler (:func:`sample_frame_indices`, at the
+    pipeline's ``feature_framerate``) takes no frame for the record: a
+    frame rate under 1 fps, or a segment starting after the video's end.
+    ``empty_caption``: a caption that is empty, blank or not a string.
+
+warnings
+    ``segment_past_end``: a segment ends more than ``SEGMENT_SLACK`` seconds
+    after the video does; frames are only taken up to the video's end.
+    (Ends rounded up to the next second, as in ActivityNet, are normal.)
+    ``long_caption``: more than ``max_words - 2`` tokens, so the end is cut
+    off when tokenised. Tokens come from the pipeline's tokenizer when it can
+    be loaded, else whitespace-separated words are counted (fewer than BPE
+    tokens: a lower bound).
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import os.path as osp
+import re
+import sys
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+from .transforms.sampling import sample_frame_indices
+from .video_text_dataset import AnnotationError, parse_record
+
+ERRORS = ('annotation_file', 'bad_record', 'missing', 'empty', 'unreadable',
+          'too_short', 'empty_caption')
+WARNINGS = ('segment_past_end', 'long_caption')
+SEGMENT_SLACK = 1.0  # seconds
+
+
+@dataclass(frozen=True)
+class CheckTarget:
+    """One annotation file with its video folder and the pipeline settings
+    that decide which frames and how many tokens are used."""
+
+    ann_file: str
+    video_root: str
+    feature_framerate: int = 1
+    max_words: int = 32
+    tokenizer: str | None = None
+    splits: tuple[str, ...] = ()  # config splits using it, for the report
+
+
+@dataclass
+class VideoProbe:
+    """What opening one video found; ``category`` is None when it is fine."""
+
+    num_frames: int = 0
+    fps: float = 0.0
+    category: str | None = None
+    detail: str = ''
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.fps if self.fps > 0 else 0.0
+
+
+@dataclass
+class Issue:
+    category: str
+    path: str  # the video, or the annotation file
+    detail: str
+    record: int | None = None
+
+    def __str__(self) -> str:
+        where = '' if self.record is None else f'record {self.record}: '
+        return f'{where}{self.path}: {self.detail}'
+
+
+@dataclass
+class SplitReport:
+    target: CheckTarget
+    num_records: int = 0
+    num_videos: int = 0
+    num_captions: int = 0
+    token_count: str = 'whitespace words'
+    issues: list[Issue] = field(default_factory=list)
+
+    def counts(self) -> Counter:
+        return Counter(issue.category for issue in self.issues)
+
+    @property
+    def num_errors(self) -> int:
+        return sum(1 for issue in self.issues if issue.category in ERRORS)
+
+
+def _message(err: Exception) -> str:
+    """First line of an error, without decord's "[time] file.cc:line:"."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ''
+    text = re.sub(r'^\[[\d:]+\] \S+:\d+: ', '', text)
+    return f'{type(err).__name__}: {text}'
+
+
+def _open_error(filename: str, err: Exception) -> str:
+    """Why ``filename`` does not open: decord only says "Error reading",
+    so ask PyAV (the same libavformat) for the reason when it has one."""
+    try:
+        import av
+
+        with av.open(filename):
+            pass
+    except Exception as av_err:
+        return f'cannot open: {_message(av_err)}'
+    return f'cannot open: {_message(err)}'
+
+
+def probe_video(filename: str, full_decode: bool = False) -> VideoProbe:
+    """Open ``filename`` with decord; decode its first and last frame (every
+    frame with ``full_decode``)."""
+    if not osp.isfile(filename):
+        return VideoProbe(category='missing', detail='no such file')
+    if osp.getsize(filename) == 0:
+        return VideoProbe(category='empty', detail='0 bytes')
+    import decord
+
+    try:
+        reader = decord.VideoReader(filename, num_threads=1)
+        num_frames, fps = len(reader), float(reader.get_avg_fps())
+    except Exception as err:
+        return VideoProbe(category='unreadable',
+                          detail=_open_error(filename, err))
+    if num_frames == 0:
+        return VideoProbe(0, fps, 'empty', 'no frames')
+    try:
+        if full_decode:
+            for begin in range(0, num_frames, 32):
+                reader.get_batch(range(begin, min(begin + 32, num_frames)))
+        else:
+            reader.get_batch([0, num_frames - 1])
+    except Exception as err:
+        return VideoProbe(num_frames, fps, 'unreadable',
+                          f'{num_frames} frames indexed, decoding fails: '
+                          f'{_message(err)}')
+    return VideoProbe(num_frames, fps)
+
+
+def _probe_job(args: tuple[str, bool]) -> VideoProbe:
+    return probe_video(*args)
+
+
+def probe_videos(filenames: list[str], workers: int = 1,
+                 full_decode: bool = False,
+                 progress: bool = False) -> dict[str, VideoProbe]:
+    """:func:`probe_video` over ``filenames``, ``workers`` processes at a time."""
+    jobs = [(name, full_decode) for name in filenames]
+    bar = None
+    if progress and jobs:
+        from mmengine.utils import ProgressBar
+        print(f'Opening {len(jobs)} videos', file=sys.stderr)
+        bar = ProgressBar(len(jobs), file=sys.stderr)
+    results = []
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            results.append(_probe_job(job))
+            if bar is not None:
+                bar.update()
+    else:
+        method = 'fork' if 'fork' in multiprocessing.get_all_start_methods() \
+            else None
+        with ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context(method)) as pool:
+            # map keeps the order; a dead worker raises here (not hidden).
+            for probe in pool.map(_probe_job, jobs, chunksize=8):
+                results.append(probe)
+                if bar is not None:
+                    bar.update()
+    if bar is not None:
+        sys.stderr.write('\n')
+    return dict(zip(filenames, results))
+
+
+def frames_issue(probe: VideoProbe, feature_framerate: int,
+                 start: float | None, end: float | None) -> Issue | None:
+    """``too_short`` or ``segment_past_end`` for one record of a readable
+    video (path left empty for the caller), or None."""
+    try:
+        inds = sample_frame_indices(probe.num_frames, probe.fps,
+                                    feature_framerate, start, end)
+    except ValueError as err:
+        return Issue('too_short', '', str(err))
+    if len(inds) == 0:
+        return Issue('too_short', '',
+                     f'segment {start}..{end} s starts at or after the video\'s end '
+                     f'({probe.num_frames} frames, {probe.duration:.2f} s)')
+    if end is not None and end > probe.duration + SEGMENT_SLACK:
+        return Issue('segment_past_end', '',
+                     f'segment ends at {end} s, the video at '
+                     f'{probe.duration:.2f} s')
+    return None
+
+
+def _load_records(target: CheckTarget, report: SplitReport) -> list:
+    """The raw JSON records, or [] with an ``annotation_file`` issue."""
+    try:
+        with open(target.ann_file, encoding='utf-8') as f:
+            records = json.load(f)
+    except (OSError, ValueError) as err:
+        report.issues.append(Issue('annotation_file', target.ann_file,
+                                   f'{type(err).__name__}: {err}'))
+        return []
+    if not isinstance(records, list):
+        report.issues.append(Issue('annotation_file', target.ann_file,
+                                   'expected a JSON list of records'))
+        return []
+    return records
+
+
+def _check_record(record: object, index: int, target: CheckTarget,
+                  report: SplitReport) -> dict | None:
+    """Record-level issues; the parsed record (empty captions dropped) when
+    its video and segment can still be checked, else None."""
+    where = f'{target.ann_file}, record {index}'
+    captions = record.get('captions') if isinstance(record, dict) else None
+    if isinstance(captions, str):
+        captions = [captions]
+    valid = None
+    if isinstance(captions, list) and captions:
+        valid = [c for c in captions if isinstance(c, str) and c.strip()]
+        for caption in captions:
+            if not (isinstance(caption, str) and caption.strip()):
+                report.issues.append(Issue(
+                    'empty_caption', target.ann_file,
+                    f'empty or non-string caption {caption!r}', index))
+    # Validate the rest as the dataset does, without the empty captions.
+    probe = dict(record, captions=valid or ['-']) \
+        if isinstance(record, dict) and valid is not None else record
+    try:
+        parsed = parse_record(probe, where)
+    except AnnotationError as err:
+        message = str(err).removeprefix(f'{where}: ').removeprefix(where)
+        report.issues.append(Issue('bad_record', target.ann_file,
+                                   message.strip(' :'), index))
+        video = record.get('video') if isinstance(record, dict) else None
+        if not isinstance(video, str) or not video:
+            return None
+        return dict(video=video, captions=valid or [], start=None, end=None,
+                    video_id=None)
+    parsed['captions'] = valid
+    return parsed
+
+
+def _count_tokens(target: CheckTarget, captions: list[str],
+                  report: SplitReport) -> list[int]:
+    """Tokens per caption with the target's tokenizer, else words."""
+    if target.tokenizer and captions:
+        try:
+            from .transforms.text import load_tokenizer
+
+            tokenizer = load_tokenizer(target.tokenizer)
+            ids = tokenizer(captions, add_special_tokens=False)['input_ids']
+            report.token_count = f'tokens of {target.tokenizer}'
+            return [len(row) for row in ids]
+        except Exception as err:
+            report.token_count = (f'whitespace words (tokenizer '
+                                  f'{target.tokenizer!r} failed: '
+                                  f'{_message(err)[:160]})')
+    return [len(caption.split()) for caption in captions]
+
+
+def check_target(target: CheckTarget,
+                 probes: dict[str, VideoProbe]) -> SplitReport:
+    """Check one annotation file against already probed videos
+    (:func:`video_files` lists those needed)."""
+    report = SplitReport(target)
+    records = _load_records(target, report)
+    report.num_records = len(records)
+    parsed = [_check_record(r, i, target, report)
+              for i, r in enumerate(records)]
+    seen_ids: dict[str, int] = {}
+    for index, rec in enumerate(parsed):
+        if rec is None or rec['video_id'] is None:
+            continue
+        if rec['video_id'] in seen_ids:
+            report.issues.append(Issue(
+                'bad_record', target.ann_file,
+                f'video_id {rec["video_id"]!r} already used by record '
+                f'{seen_ids[rec["video_id"]]}', index))
+        seen_ids.setdefault(rec['video_id'], index)
+
+    reported: set[str] = set()
+    videos: set[str] = set()
+    captions: list[tuple[int, str]] = []
+    for index, rec in enumerate(parsed):
+        if rec is None:
+            continue
+        captions.extend((index, c) for c in rec['captions'])
+        filename = osp.join(target.video_root, rec['video'])
+        videos.add(filename)
+        probe = probes[filename]
+        if probe.category is not None:
+            if filename not in reported:  # once per file, first record
+                reported.add(filename)
+                report.issues.append(Issue(probe.category, filename,
+                                           probe.detail, index))
+            continue
+        issue = frames_issue(probe, target.feature_framerate, rec['start'],
+                             rec['end'])
+        if issue is not None:
+            issue.path, issue.record = filename, index
+            report.issues.append(issue)
+    report.num_videos = len(videos)
+    report.num_captions = len(captions)
+
+    limit = target.max_words - 2
+    counts = _count_tokens(target, [c for _, c in captions], report)
+    for (index, caption), count in zip(captions, counts):
+        if count > limit:
+            short = caption if len(caption) <= 60 else caption[:57] + '...'
+            report.issues.append(Issue(
+                'long_caption', target.ann_file,
+                f'{count} > {limit} tokens, cut: {short!r}', index))
+    return report
+
+
+def video_files(target: CheckTarget) -> list[str]:
+    """The video paths an annotation file names (unreadable files: [])."""
+    try:
+        with open(target.ann_file, encoding='utf-8') as f:
+            records = json.load(f)
+    except (OSError, ValueError):
+        return []
+    if not isinstance(records, list):
+        return []
+    return [osp.join(target.video_root, r['video']) for r in records
+            if isinstance(r, dict) and isinstance(r.get('video'), str)
+            and r['video']]
+
+
+def check_targets(targets: list[CheckTarget], workers: int = 1,
+                  full_decode: bool = False,
+                  progress: bool = False) -> list[SplitReport]:
+    """Check every target, opening each distinct video once in all."""
+    filenames = sorted({name for t in targets for name in video_files(t)})
+    probes = probe_videos(filenames, workers, full_decode, progress)
+    return [check_target(target, probes) for target in targets]
+
+
+def _type_name(cfg: dict) -> str:
+    kind = cfg.get('type', '')
+    return (kind if isinstance(kind, str) else kind.__name__).split('.')[-1]
+
+
+def _dataset_targets(cfg: dict, split: str) -> list[CheckTarget]:
+    """Targets of a dataset config, unwrapping Concat/Repeat-style datasets."""
+    if cfg.get('datasets') is not None:
+        return [t for sub in cfg['datasets']
+                for t in _dataset_targets(sub, split)]
+    if cfg.get('dataset') is not None:
+        return _dataset_targets(cfg['dataset'], split)
+    if cfg.get('ann_file') is None:
+        return []
+    root = cfg.get('data_root') or ''
+    video_root = (cfg.get('data_prefix') or {}).get('video', '')
+    kwargs = {}
+    for transform in cfg.get('pipeline') or []:
+        if _type_name(transform) == 'SampleFramesByRate':
+            kwargs['feature_framerate'] = transform.get('feature_framerate', 1)
+        elif _type_name(transform) == 'TokenizeCaptions':
+            kwargs['tokenizer'] = transform.get('tokenizer')
+            kwargs['max_words'] = transform.get('max_words', 32)
+    return [CheckTarget(osp.join(root, cfg['ann_file']),
+                        osp.join(root, video_root), splits=(split, ),
+                        **kwargs)]
+
+
+def targets_from_config(cfg) -> list[CheckTarget]:
+    """The train/val/test datasets of an mmengine config; splits that share
+    an annotation file, video folder and settings are checked once."""
+    merged: dict[tuple, CheckTarget] = {}
+    for split in ('train', 'val', 'test'):
+        loader = cfg.get(f'{split}_dataloader')
+        if not loader or loader.get('dataset') is None:
+            continue
+        for target in _dataset_targets(loader['dataset'], split):
+            key = (osp.abspath(target.ann_file), osp.abspath(target.video_root),
+                   target.feature_framerate, target.max_words,
+                   target.tokenizer)
+            if key in merged:
+                old = merged[key]
+                target = CheckTarget(**{**old.__dict__,
+                                        'splits': old.splits + (split, )})
+            merged[key] = target
+    return list(merged.values())
+
+
+def format_reports(reports: list[SplitReport], limit: int | None = 10) -> str:
+    """Counts per category and the offending files (first ``limit`` per
+    category; all when ``limit`` is None)."""
+    lines = []
+    for report in reports:
+        target = report.target
+        splits = f' [{", ".join(target.splits)}]' if target.splits else ''
+        lines.append(f'== {target.ann_file}{splits}: videos under '
+                     f'{target.video_root or "."}')
+        lines.append(f'   {report.num_records} records, {report.num_videos} '
+                     f'videos, {report.num_captions} captions; caption '
+                     f'length in {report.token_count}, limit '
+                     f'{target.max_words - 2}; sampling at '
+                     f'{target.feature_framerate} fps')
+        counts = report.counts()
+        for kind, categories in (('errors', ERRORS), ('warnings', WARNINGS)):
+            lines.append(f'   {kind}: ' + ', '.join(
+                f'{c} {counts[c]}' for c in categories))
+            for category in categories:
+                issues = [i for i in report.issues if i.category == category]
+                shown = issues if limit is None else issues[:limit]
+                if shown:
+                    lines.append(f'   {category} ({len(issues)}):')
+                    lines.extend(f'     {issue}' for issue in shown)
+                if len(shown) < len(issues):
+                    lines.append(f'     ... {len(issues) - len(shown)} more '
+                                 '(--verbose lists all)')
+    errors = sum(r.num_errors for r in reports)
+    warnings = sum(len(r.issues) - r.num_errors for r in reports)
+    lines.append(f'{"FAILED" if errors else "OK"}: {errors} errors, '
+                 f'{warnings} warnings in {len(reports)} annotation file(s)')
+    return '\n'.join(lines)
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))

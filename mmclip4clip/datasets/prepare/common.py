@@ -1,0 +1,279 @@
+"""Shared steps of the dataset preparation scripts (``tools/data/prepare_*``).
+
+Each dataset module parses its public annotation files into :class:`Split`
+objects (records in mmclip4clip's annotation format); this module cleans
+captions, optionally finds the real video files, writes the annotation files
+atomically and formats the summary the scripts print.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmclip4clip.datasets.video_text_dataset import (
+    AnnotationError,
+    load_annotations,
+)
+
+
+class SourceFormatError(ValueError):
+    """A dataset's own annotation file is malformed (names file and row)."""
+
+
+@dataclass
+class Split:
+    """One annotation file to write: ``records`` go to ``filename``."""
+
+    name: str
+    filename: str
+    records: list[dict]
+
+    @property
+    def num_videos(self) -> int:
+        """Distinct video files (segments of one video count once)."""
+        return len({record['video'] for record in self.records})
+
+    @property
+    def num_captions(self) -> int:
+        """Captions over all records (a paragraph counts as one)."""
+        return sum(len(record['captions']) for record in self.records)
+
+    def summary(self) -> str:
+        return (f'{self.name}: {self.num_videos} videos, '
+                f'{self.num_captions} captions')
+
+
+def format_summary(splits: Sequence[Split]) -> str:
+    """The lines the scripts end with: ``<split>: <V> videos, <C> captions``."""
+    return '\n'.join(split.summary() for split in splits)
+
+
+# ----------------------------------------------------------------- reading
+
+
+def require_file(root: str | Path, name: str) -> Path:
+    """``root/name``, or a FileNotFoundError naming the missing file."""
+    path = Path(root) / name
+    if not path.is_file():
+        raise FileNotFoundError(f'{path} does not exist: the dataset folder '
+                                f'{root} must contain {name}')
+    return path
+
+
+def load_json(path: Path) -> object:
+    """Parse a JSON file; a syntax error names the file."""
+    with open(path, encoding='utf-8') as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as err:
+            raise SourceFormatError(f'{path}: not valid JSON ({err})') \
+                from err
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of the non-blank lines, stripped; a line that
+    is not UTF-8 is an error naming the file and line."""
+    with open(path, 'rb') as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode('utf-8')
+            except UnicodeDecodeError as err:
+                raise SourceFormatError(f'{path}, line {number}: not UTF-8 '
+                                        f'({err})') from err
+            line = line.strip('\r\n')
+            if line.strip():
+                yield number, line
+
+
+def read_csv(path: Path, columns: Sequence[str]
+             ) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(line number, row)`` of a comma-separated file with a header that
+    has ``columns``; a missing column or an empty value names file and line.
+    """
+    with open(path, encoding='utf-8', newline='') as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise SourceFormatError(
+                f'{path}: header {reader.fieldnames} lacks column(s) '
+                f'{missing}')
+        for row in reader:
+            for column in columns:
+                if not (row.get(column) or '').strip():
+                    raise SourceFormatError(
+                        f'{path}, line {reader.line_num}: empty or missing '
+                        f'{column!r}')
+            yield reader.line_num, row
+
+
+def clean_caption(text: object, where: str) -> str:
+    """Collapse runs of whitespace (CLIP's tokenizer does the same, so the
+    tokens do not change) and reject empty or non-string captions."""
+    if not isinstance(text, str):
+        raise SourceFormatError(f'{where}: caption must be a string, got '
+                                f'{type(text).__name__}')
+    caption = ' '.join(text.split())
+    if not caption:
+        raise SourceFormatError(f'{where}: empty caption')
+    return caption
+
+
+# ------------------------------------------------------------ video files
+
+
+class VideoIndex:
+    """The files under a video folder, looked up the way CLIP4Clip's loaders
+    find videos (``os.walk`` over sub-folders): by relative path, by file
+    name, or by file name without its extension.
+
+    Args:
+        video_dir: the folder that ``data_prefix['video']`` will point to.
+    """
+
+    def __init__(self, video_dir: str | Path) -> None:
+        self.root = Path(video_dir)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f'video folder {self.root} does not exist')
+        self._by_name: dict[str, str] = {}
+        self._by_stem: dict[str, str] = {}
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames.sort()  # the first of several matches is deterministic
+            for filename in sorted(filenames):
+                if filename.startswith('.'):
+                    continue
+                rel = Path(dirpath, filename).relative_to(self.root)
+                self._by_name.setdefault(filename, rel.as_posix())
+                self._by_stem.setdefault(rel.stem, rel.as_posix())
+
+    def find(self, names: Sequence[str]) -> str | None:
+        """Relative path of the first of ``names`` that is there, or None."""
+        for name in names:
+            if (self.root / name).is_file():
+                return name
+            found = self._by_name.get(name) or self._by_stem.get(name)
+            if found:
+                return found
+        return None
+
+
+def default_video_names(video: str) -> list[str]:
+    """Names a video may have: the expected path, or its stem anywhere."""
+    return [video, Path(video).stem]
+
+
+def locate_videos(splits: Sequence[Split], video_dir: str | Path,
+                  video_names: Callable[[str], list[str]]
+                  = default_video_names) -> list[Split]:
+    """Point each record at its real file under ``video_dir``.
+
+    ``video_names(record['video'])`` lists the names to try. Records whose
+    video is not there are left out with a warning on stderr (CLIP4Clip's
+    loaders skip them silently); a split with no video left is an error.
+    """
+    index = VideoIndex(video_dir)
+    found: dict[str, str | None] = {}
+    located = []
+    for split in splits:
+        records, missing = [], []
+        for record in split.records:
+            video = record['video']
+            if video not in found:
+                found[video] = index.find(video_names(video))
+            if found[video] is None:
+                if video not in missing:
+                    missing.append(video)
+                continue
+            records.append(dict(record, video=found[video]))
+        if not records:
+            raise FileNotFoundError(
+                f'{split.name}: none of its {len(missing)} videos is under '
+                f'{index.root} (e.g. {missing[0]})')
+        if missing:
+            print(f'warning: {split.name}: {len(missing)} videos not found '
+                  f'under {index.root}, their records are left out (e.g. '
+                  f'{", ".join(missing[:3])})', file=sys.stderr)
+        located.append(Split(split.name, split.filename, records))
+    return located
+
+
+# ----------------------------------------------------------------- writing
+
+
+def _dump(records: list[dict], f) -> None:
+    """A JSON list with one record per line: compact yet diffable."""
+    f.write('[\n')
+    for i, record in enumerate(records):
+        f.write(json.dumps(record, ensure_ascii=False))
+        f.write(',\n' if i + 1 < len(records) else '\n')
+    f.write(']\n')
+
+
+def write_splits(splits: Sequence[Split], out_dir: str | Path) -> list[Path]:
+    """Write all splits or none.
+
+    Each split goes to a temporary file in ``out_dir`` and is read back with
+    :func:`load_annotations`; only when every one is valid are they renamed
+    to their final names, so a failure never leaves a half-written file.
+    """
+    names = [split.filename for split in splits]
+    if len(set(names)) != len(names):
+        raise ValueError(f'two splits write the same file: {names}')
+    for split in splits:
+        if not split.records:
+            raise SourceFormatError(f'{split.name}: no video in this split')
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    temps: list[Path] = []
+    try:
+        for split in splits:
+            # Not tempfile.mkstemp: its files are private (0600) whatever
+            # the umask, and annotation files are meant to be shared.
+            temp = out_dir / f'.{split.filename}.{os.getpid()}.tmp'
+            temps.append(temp)
+            with open(temp, 'w', encoding='utf-8') as f:
+                _dump(split.records, f)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                load_annotations(str(temp))
+            except AnnotationError as err:
+                raise AnnotationError(f'{split.name} ({out_dir / split.filename}'
+                                      f') would be invalid: {err}') from err
+        targets = []
+        for split, temp in zip(splits, temps):
+            target = out_dir / split.filename
+            os.replace(temp, target)
+            targets.append(target)
+        return targets
+    finally:
+        for temp in temps:
+            temp.unlink(missing_ok=True)
+
+
+def write_dataset(splits: Sequence[Split], out_dir: str | Path,
+                  video_dir: str | Path | None = None,
+                  video_names: Callable[[str], list[str]]
+                  = default_video_names) -> list[Split]:
+    """Locate the videos (if ``video_dir`` is given), then write the splits;
+    returns the splits as written."""
+    if video_dir is not None:
+        splits = locate_videos(splits, video_dir, video_names)
+    write_splits(splits, out_dir)
+    return list(splits)
+
+
+def run_cli(prepare: Callable[..., list[Split]], **kwargs) -> int:
+    """Run a ``prepare_*`` function for a script: print the summary, or the
+    error (missing file, malformed row) without a traceback; exit status."""
+    try:
+        splits = prepare(**kwargs)
+    except (FileNotFoundError, SourceFormatError, AnnotationError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    print(format_summary(splits))
+    return 0
