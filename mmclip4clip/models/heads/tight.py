@@ -49,7 +49,7 @@ class TightTransfHead(nn.Module):
     def __init__(self, embed_dim: int, num_layers: int = 4,
                  num_heads: int | None = None,
                  max_positions: int = 77, dropout: float = 0.1,
-                 chunk_size: int = 4096) -> None:
+                 chunk_size: int = 1024) -> None:
         super().__init__()
         if chunk_size < 1:
             raise ValueError(f'chunk_size must be >= 1, got {chunk_size}')
