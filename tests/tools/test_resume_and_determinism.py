@@ -1,0 +1,233 @@
+"""Crash-and-resume, seeded determinism, unsafe checkpoints and odd-sized
+distributed evaluation, with the command-line tools run as subprocesses on a
+tiny synthetic dataset.
+
+The training runs (module fixture ``runs``): 3 short epochs of the synthetic
+config, 6 iterations each (180 captions, batch 32), ``randomness.seed=0
+randomness.deterministic=True``, a checkpoint every epoch, all kept:
+
+* ``straight``: uninterrupted;
+* ``killed``: the same, with a hook (``kill_hook.py``) that SIGKILLs the
+  process in the middle of epoch 2, then resumed with ``--resume`` and the
+  plain config to the end.
+"""
+import json
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmclip4clip.datasets.synthetic import make_synthetic_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / ('configs/retrieval/clip4clip/'
+                 'clip4clip_tiny-p4-res32-scratch_1xb32-u8-30e_synthetic-rgb.py')
+HERE = Path(__file__).resolve().parent
+ITERS_PER_EPOCH = 6  # ceil(180 captions / 32)
+KILL_AT_ITER = ITERS_PER_EPOCH + 3  # epoch 2 (1-based) after 3 of its 6 iters
+TRAIN_OPTIONS = [
+    '--no-validate', '--cfg-options', 'train_cfg.max_epochs=3',
+    'train_cfg.val_interval=100', 'default_hooks.checkpoint.interval=1',
+    'default_hooks.checkpoint.max_keep_ckpts=-1',
+    'default_hooks.logger.interval=1', 'train_dataloader.batch_size=32',
+    'randomness.seed=0', 'randomness.deterministic=True'
+]
+
+
+def run_tool(args: list, cwd: Path, env: dict | None = None,
+             timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd,
+                          env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location='cpu', weights_only=False)
+
+
+def differing_tensors(a: dict, b: dict) -> list[str]:
+    """Names of the tensors that are not exactly equal, with the largest
+    absolute difference; [] when all are."""
+    assert a.keys() == b.keys()
+    return [
+        f'{k} (max |diff| {(a[k].double() - b[k].double()).abs().max():.3g})'
+        for k in a if not torch.equal(a[k], b[k])
+    ]
+
+
+@pytest.fixture(scope='module')
+def workspace(tmp_path_factory) -> Path:
+    """A folder holding ``data/synthetic`` (1 clip per combination)."""
+    root = tmp_path_factory.mktemp('workspace')
+    make_synthetic_dataset(root / 'data' / 'synthetic', seed=1,
+                           train_per_combo=1, test_per_combo=1, seconds=2,
+                           size=32, progress=False)
+    return root
+
+
+@pytest.fixture(scope='module')
+def runs(workspace) -> dict:
+    """The uninterrupted run, the killed run and its resumption."""
+    straight = run_tool([REPO / 'tools/train.py', CONFIG, '--work-dir',
+                         workspace / 'straight', *TRAIN_OPTIONS],
+                        cwd=workspace)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    kill_config = workspace / 'kill_config.py'
+    kill_config.write_text(
+        f'_base_ = [{str(CONFIG)!r}]\n'
+        "custom_imports = dict(imports=['kill_hook'], "
+        'allow_failed_imports=False)\n'
+        "custom_hooks = [dict(type='SafeCheckpointHook'),\n"
+        f"                dict(type='SigkillAtIterHook', "
+        f'at_iter={KILL_AT_ITER})]\n')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [str(HERE), os.environ.get('PYTHONPATH')])))
+    killed_dir = workspace / 'killed'
+    killed = run_tool([REPO / 'tools/train.py', kill_config, '--work-dir',
+                       killed_dir, *TRAIN_OPTIONS], cwd=workspace, env=env)
+    files_after_kill = sorted(p.name for p in killed_dir.glob('*.pth'))
+    # Without the kill hook: the plain config, as a user would resume.
+    resumed = run_tool([REPO / 'tools/train.py', CONFIG, '--work-dir',
+                        killed_dir, '--resume', *TRAIN_OPTIONS],
+                       cwd=workspace)
+    return dict(straight=workspace / 'straight', straight_proc=straight,
+                killed=killed_dir, killed_proc=killed,
+                files_after_kill=files_after_kill, resumed_proc=resumed)
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(runs):
+    killed = runs['killed_proc']
+    assert killed.returncode == -signal.SIGKILL, (
+        f'expected death by SIGKILL, got {killed.returncode}: '
+        f'{killed.stderr[-3000:]}')
+    # Killed in the middle of epoch 2: its third iteration logged, not the
+    # fourth; epoch 1's checkpoint written, epoch 2's not.
+    log = killed.stdout + killed.stderr
+    assert 'Epoch(train) [2][3/6]' in log
+    assert 'Epoch(train) [2][4/6]' not in log
+    assert runs['files_after_kill'] == ['epoch_1.pth']
+
+    resumed = runs['resumed_proc']
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = resumed.stdout + resumed.stderr
+    assert re.search(r'resumed epoch: 1, iter: 6\b', log), log[-3000:]
+    assert 'Epoch(train) [1]' not in log  # epoch 1 is not trained again
+    assert 'Epoch(train) [2][1/6]' in log
+
+    # Same weights, optimizer state and schedule as without the crash: every
+    # tensor bit for bit (the training reads no global RNG, the sampler
+    # reshuffles from seed + epoch, and this CPU run is reproducible).
+    want = load(runs['straight'] / 'epoch_3.pth')
+    got = load(runs['killed'] / 'epoch_3.pth')
+    assert got['meta']['epoch'] == want['meta']['epoch'] == 3
+    assert got['meta']['iter'] == want['meta']['iter'] == 3 * ITERS_PER_EPOCH
+    diff = differing_tensors(want['state_dict'], got['state_dict'])
+    assert not diff, f'{len(diff)} weights differ: {diff[:5]}'
+    want_opt, got_opt = want['optimizer'], got['optimizer']
+    assert want_opt['param_groups'] == got_opt['param_groups']
+    assert want_opt['state'].keys() == got_opt['state'].keys()
+    for index in want_opt['state']:
+        diff = differing_tensors(want_opt['state'][index],
+                                 got_opt['state'][index])
+        assert not diff, f'optimizer state of parameter {index}: {diff}'
+    assert want['param_schedulers'] == got['param_schedulers']
+
+
+def test_seeded_deterministic_runs_give_identical_weights(runs):
+    """Two processes, same seed, ``randomness.deterministic=True``: the
+    same weights after one epoch (the killed run's first epoch is an
+    independent run of the same config)."""
+    want = load(runs['straight'] / 'epoch_1.pth')['state_dict']
+    got = load(runs['killed'] / 'epoch_1.pth')['state_dict']
+    diff = differing_tensors(want, got)
+    assert not diff, f'{len(diff)} weights differ: {diff[:5]}'
+    # And training did change them: the comparison is not vacuous.
+    later = load(runs['straight'] / 'epoch_2.pth')['state_dict']
+    assert differing_tensors(want, later)
+
+
+class CodeRunningPayload:
+    """Unpickling this runs ``os.mkdir(path)``: any code could run there."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (self.path, )
+
+
+def test_resume_refuses_checkpoint_with_unsafe_pickle(workspace, runs,
+                                                      tmp_path):
+    checkpoint = load(runs['straight'] / 'epoch_1.pth')
+    marker = tmp_path / 'code_ran'
+    checkpoint['extra'] = CodeRunningPayload(str(marker))
+    bad = tmp_path / 'unsafe_epoch_1.pth'
+    torch.save(checkpoint, bad)
+
+    proc = run_tool([REPO / 'tools/train.py', CONFIG, '--work-dir',
+                     tmp_path / 'work', '--resume', bad, *TRAIN_OPTIONS],
+                    cwd=workspace)
+    assert not marker.exists(), 'unpickling the checkpoint ran its code'
+    assert proc.returncode != 0
+    assert 'refused' in proc.stderr, proc.stderr[-3000:]
+    assert str(bad) in proc.stderr, proc.stderr[-3000:]
+    assert 'Epoch(train)' not in proc.stdout + proc.stderr
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def test_one_and_two_process_evaluation_agree_on_odd_test_set(workspace,
+                                                               runs):
+    """45 test videos over 2 processes: the sampler pads one shard with a
+    repeated video, which the evaluation must drop."""
+    num_videos = 45
+    checkpoint = runs['straight'] / 'epoch_1.pth'
+    env = dict(os.environ, PORT=str(free_port()),
+               PATH=f'{Path(sys.executable).parent}:{os.environ["PATH"]}')
+    dumps = {}
+    for procs in ('1', '2'):
+        dump = workspace / f'odd_{procs}.pkl'
+        if procs == '1':
+            cmd = [sys.executable, REPO / 'tools/test.py', CONFIG, checkpoint]
+        else:
+            cmd = ['bash', REPO / 'tools/dist_test.sh', CONFIG, checkpoint,
+                   '2']
+        proc = subprocess.run(
+            [*map(str, cmd), '--dump', str(dump), '--work-dir',
+             str(workspace / f'odd_test_{procs}'), '--cfg-options',
+             f'test_dataloader.dataset.indices={num_videos}'],
+            cwd=workspace, env=env, capture_output=True, text=True,
+            timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        with open(dump, 'rb') as f:
+            dumps[procs] = pickle.load(f)
+
+    one, two = dumps['1'], dumps['2']
+    with open(workspace / 'data/synthetic/annotations/test.json') as f:
+        records = json.load(f)[:num_videos]
+    assert one['video_ids'] == [r.get('video_id', r['video']) for r in records]
+    assert len(set(one['video_ids'])) == num_videos
+    assert one['scores'].shape == (2 * num_videos, num_videos)
+    assert one['video_ids'] == two['video_ids']
+    assert one['captions'] == two['captions']
+    np.testing.assert_array_equal(one['text_video_index'],
+                                  two['text_video_index'])
+    np.testing.assert_allclose(one['scores'], two['scores'], rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_array_equal(one['t2v_ranks'], two['t2v_ranks'])
+    np.testing.assert_array_equal(one['v2t_ranks'], two['v2t_ranks'])
+    assert one['metrics'] == two['metrics']
+
