@@ -1,7 +1,11 @@
 """Hooks of the mmclip4clip scope."""
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import torch
+from mmengine.dist import get_world_size
 from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer
 
@@ -9,11 +13,42 @@ from mmclip4clip.registry import HOOKS
 
 # Marks a HistoryBuffer stored as plain tensors in a checkpoint.
 _BUFFER_KEY = '__history_buffer__'
+_RNG_KEY = 'rng_state'
+
+
+def rng_state() -> dict:
+    """torch / numpy / Python generator states as tensors and plain values
+    (so torch's safe loading accepts them)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = dict(
+        torch=torch.get_rng_state(),
+        numpy=(kind, torch.from_numpy(keys.astype('int64')), pos, has_gauss,
+               gauss),
+        python=(version, torch.tensor(internal, dtype=torch.int64),
+                gauss_next))
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Inverse of :func:`rng_state`."""
+    torch.set_rng_state(state['torch'])
+    kind, keys, pos, has_gauss, gauss = state['numpy']
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos,
+                         has_gauss, gauss))
+    version, internal, gauss_next = state['python']
+    random.setstate((version, tuple(internal.tolist()), gauss_next))
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
 
 
 @HOOKS.register_module()
 class SafeCheckpointHook(Hook):
-    """Stores the message hub's log buffers as plain tensors in checkpoints.
+    """Makes checkpoints safe to load and resume exactly.
+
+    1. Stores the message hub's log buffers as plain tensors.
 
     mmengine pickles its ``HistoryBuffer`` objects together with references
     to their statistics methods (``getattr(HistoryBuffer, 'mean')``), which
@@ -22,11 +57,19 @@ class SafeCheckpointHook(Hook):
     replaces each buffer by a dict of tensors before a checkpoint is written
     and rebuilds the buffers after one is read, before the Runner restores
     the message hub.
+
+    2. Stores the torch, numpy, Python (and CUDA) random generator states,
+    which mmengine does not save, and restores them on ``--resume`` (not on
+    ``load_from``), so dropout and random frame orders continue as in an
+    uninterrupted run. A checkpoint holds rank 0's states: with
+    ``randomness.diff_rank_seed`` on several processes they are not
+    restored (a warning says so).
     """
 
     priority = 'VERY_LOW'
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint[_RNG_KEY] = rng_state()
         scalars = checkpoint.get('message_hub', {}).get('log_scalars', {})
         for key, buffer in scalars.items():
             if isinstance(buffer, HistoryBuffer):
@@ -39,6 +82,15 @@ class SafeCheckpointHook(Hook):
                 }
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        state = checkpoint.get(_RNG_KEY)
+        if state is not None and getattr(runner, '_resume', False):
+            per_rank = (runner._randomness_cfg or {}).get('diff_rank_seed')
+            if get_world_size() > 1 and per_rank:
+                runner.logger.warning(
+                    'not restoring random generator states: the checkpoint '
+                    'holds rank 0\'s and diff_rank_seed is on')
+            else:
+                set_rng_state(state)
         scalars = checkpoint.get('message_hub', {}).get('log_scalars', {})
         for key, value in scalars.items():
             if isinstance(value, dict) and value.get(_BUFFER_KEY):
