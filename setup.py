@@ -25,8 +25,10 @@ setup(
         'tokenizers',
     ],
     extras_require={
-        # PyAV writes the synthetic dataset's mp4 clips.
+        # PyAV writes the synthetic dataset's mp4 clips and re-encodes videos
+        # (tools/data/compress_videos.py).
         'synthetic': ['av'],
+        'video': ['av'],
         'tests': ['av', 'pytest', 'scikit-video', 'ruff'],
     },
 )
