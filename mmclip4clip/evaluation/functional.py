@@ -135,6 +135,48 @@ def dual_softmax(scores: Tensor, tau: float, dim: int) -> Tensor:
 
     For a [N_text, M_video] matrix, text-to-video uses ``dim=0`` (normalise over
     the texts, the query axis) and video-to-text ``dim=1`` (over the videos).
+    Normalising over the query axis uses every test query, so DSL assumes the
+    whole query set is known at once, unlike one query at a time search.
     """
     weights = torch.softmax(scores * tau, dim=dim)  # [N, M]
     return weights.mul_(scores)
+
+
+def querybank_norm(scores: Tensor, bank: Tensor, beta: float,
+                   k: int = 1) -> Tensor:
+    """QB-Norm with the dynamic inverted softmax (Bogolin et al., CVPR 2022).
+
+    Hub gallery items (retrieved for many queries) are down-weighted by how
+    strongly a bank of queries retrieves them. The activation set ``A`` is the
+    union of every bank query's top-``k`` gallery items. A query row ``s``
+    whose top-1 item is in ``A`` becomes the inverted softmax
+    ``s'_j = exp(beta * s_j) / sum_b exp(beta * bank[b, j])``; any other row
+    is kept as it is. Normalised rows are returned as ``log s'``
+    (``beta * s_j - logsumexp_b(beta * bank[b, j])``): ranks within a row are
+    the same, and logit-scale scores cannot overflow ``exp``.
+
+    Args:
+        scores: [N, M] query-by-gallery scores to normalise.
+        bank: [Q, M] scores of the query bank against the same gallery.
+        beta: inverse temperature of the inverted softmax.
+        k: bank top-k that forms the activation set.
+
+    Returns:
+        [N, M] float scores, ranked row by row like ``scores``.
+    """
+    _check_scores(scores)
+    _check_scores(bank)
+    if bank.shape[1] != scores.shape[1]:
+        raise ValueError(
+            f'bank has {bank.shape[1]} gallery columns, scores has '
+            f'{scores.shape[1]}')
+    if not 1 <= k <= scores.shape[1]:
+        raise ValueError(f'k must be in [1, {scores.shape[1]}], got {k}')
+    bank = bank.to(scores.device)
+    active = torch.zeros(scores.shape[1], dtype=torch.bool,
+                         device=scores.device)  # [M]
+    active[bank.topk(k, dim=1).indices.flatten()] = True
+    normalise = active[scores.topk(1, dim=1).indices[:, 0]]  # [N]
+    log_norm = torch.logsumexp(bank * beta, dim=0)  # [M]
+    inverted = scores * beta - log_norm  # [N, M]
+    return torch.where(normalise[:, None], inverted, scores)

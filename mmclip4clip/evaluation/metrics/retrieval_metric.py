@@ -13,7 +13,13 @@ from torch import Tensor
 
 from mmclip4clip.registry import METRICS
 
-from ..functional import dual_softmax, rank_metrics, t2v_ranks, v2t_ranks
+from ..functional import (
+    dual_softmax,
+    querybank_norm,
+    rank_metrics,
+    t2v_ranks,
+    v2t_ranks,
+)
 
 
 def _both_directions(t2v: Tensor, v2t: Tensor) -> dict[str, float]:
@@ -46,7 +52,17 @@ class RetrievalMetric(BaseMetric):
             block_size x (N_text + M_video) scores.
         dsl_tau: if set, also report every metric under ``dsl/`` computed on
             dual-softmax scores with this temperature. The plain metrics are
-            always reported.
+            always reported. DSL normalises over all test queries, so it
+            assumes the whole query set is known at once (not online search).
+        qb_beta: if set, also report every metric under ``qb/`` computed on
+            QB-Norm scores (dynamic inverted softmax with this beta, see
+            :func:`querybank_norm`). The query bank is the test queries
+            themselves (the captions for t2v, the videos for v2t), so like DSL
+            it assumes the whole query set is known at once; with such a bank
+            every query's top-1 is in the activation set (up to ties), so
+            every row is normalised. The plain metrics are always reported.
+        qb_k: top-k of each bank query that forms QB-Norm's activation set
+            (clipped to the number of candidates).
         dump_file: if set, rank 0 pickles the scores, ids, captions, ranks and
             metrics to this path.
         collect_device: passed to ``BaseMetric``; unused, since the full result
@@ -58,6 +74,8 @@ class RetrievalMetric(BaseMetric):
     def __init__(self,
                  block_size: int = 4096,
                  dsl_tau: float | None = None,
+                 qb_beta: float | None = None,
+                 qb_k: int = 1,
                  dump_file: str | None = None,
                  collect_device: str = 'cpu',
                  prefix: str | None = None) -> None:
@@ -65,7 +83,11 @@ class RetrievalMetric(BaseMetric):
         if block_size < 1:
             raise ValueError(f'block_size must be >= 1, got {block_size}')
         self.block_size = block_size
+        if qb_k < 1:
+            raise ValueError(f'qb_k must be >= 1, got {qb_k}')
         self.dsl_tau = dsl_tau
+        self.qb_beta = qb_beta
+        self.qb_k = qb_k
         self.dump_file = dump_file
 
     def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
@@ -147,6 +169,17 @@ class RetrievalMetric(BaseMetric):
             dsl = _both_directions(ranks['dsl_t2v_ranks'],
                                    ranks['dsl_v2t_ranks'])
             metrics.update({f'dsl/{key}': value for key, value in dsl.items()})
+        if self.qb_beta is not None:
+            # Bank = the test queries: captions for t2v, videos for v2t
+            # (normalised on S.T, then transposed back for v2t_ranks).
+            beta, k = self.qb_beta, min(self.qb_k, scores.shape[1])
+            ranks['qb_t2v_ranks'] = t2v_ranks(
+                querybank_norm(scores, scores, beta, k), index, bs)
+            k = min(self.qb_k, scores.shape[0])
+            ranks['qb_v2t_ranks'] = v2t_ranks(
+                querybank_norm(scores.T, scores.T, beta, k).T, index, bs)
+            qb = _both_directions(ranks['qb_t2v_ranks'], ranks['qb_v2t_ranks'])
+            metrics.update({f'qb/{key}': value for key, value in qb.items()})
 
         if self.dump_file is not None:
             self._dump(result, ranks, metrics)
