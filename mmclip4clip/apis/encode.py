@@ -1,0 +1,174 @@
+"""Embed video files and free text with a loose-head CLIP4Clip model.
+
+The videos go through the config's test pipeline without its caption steps,
+so a file is decoded, sampled and resized exactly as in evaluation; the
+model's data preprocessor then normalises the frames.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from mmcv.transforms import Compose
+from mmengine.config import Config
+from mmengine.registry import DefaultScope
+from torch.utils.data import DataLoader, Dataset
+
+from mmclip4clip.datasets.transforms import tokenize
+from mmclip4clip.datasets.transforms.text import load_tokenizer
+from mmclip4clip.registry import TRANSFORMS
+
+# Pipeline steps that need captions or pack them; replaced by _pack_frames.
+_CAPTION_STEPS = ('TokenizeCaptions', 'PackVideoTextInputs')
+
+
+def _test_pipeline(cfg: Config) -> list[dict]:
+    """The transforms of ``cfg.test_dataloader.dataset``."""
+    return list(cfg.test_dataloader.dataset.pipeline)
+
+
+def _step_name(step: dict) -> str:
+    return str(step['type']).split('.')[-1]
+
+
+def video_pipeline_cfg(cfg: Config) -> list[dict]:
+    """The test pipeline without its caption steps (decode, sample,
+    resize)."""
+    return [dict(step) for step in _test_pipeline(cfg)
+            if _step_name(step) not in _CAPTION_STEPS]
+
+
+def text_settings(cfg: Config) -> tuple[str, int]:
+    """``(tokenizer, max_words)`` of the test pipeline's TokenizeCaptions."""
+    for step in _test_pipeline(cfg):
+        if _step_name(step) == 'TokenizeCaptions':
+            return step['tokenizer'], step.get('max_words', 32)
+    raise ValueError('the test pipeline has no TokenizeCaptions step')
+
+
+def _check_loose(model: torch.nn.Module) -> None:
+    if model.pairwise:
+        raise ValueError(
+            'the tight head (tightTransf) scores (text, video) pairs and has '
+            'no per-video embedding to index; use a loose head (meanP, '
+            'seqLSTM, seqTransf)')
+
+
+def _pack_frames(results: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames [n, H, W, 3] -> uint8 ``imgs`` [T, 3, H, W] zero-padded to
+    ``max_frames`` and a bool ``frame_mask`` [T], as PackVideoTextInputs."""
+    frames = np.stack(results['imgs'])
+    n, h, w, _ = frames.shape
+    max_frames = results.get('max_frames', n)
+    imgs = torch.zeros(max_frames, 3, h, w, dtype=torch.uint8)
+    imgs[:n] = torch.from_numpy(frames).permute(0, 3, 1, 2)
+    mask = torch.zeros(max_frames, dtype=torch.bool)
+    mask[:n] = True
+    return imgs, mask
+
+
+class VideoFileDataset(Dataset):
+    """Decodes a list of video files; a file that fails yields its error
+    instead of raising, so one broken file never stops a run."""
+
+    def __init__(self, paths: Sequence[str | Path],
+                 pipeline: list[dict]) -> None:
+        self.paths = [str(p) for p in paths]
+        with DefaultScope.overwrite_default_scope('mmclip4clip'):
+            self.pipeline = Compose(
+                [TRANSFORMS.build(step) for step in pipeline])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = dict(index=index, imgs=None, frame_mask=None, duration=None,
+                      error=None)
+        try:
+            results = self.pipeline(dict(filename=self.paths[index],
+                                         start_index=0, modality='RGB'))
+            sample['imgs'], sample['frame_mask'] = _pack_frames(results)
+            sample['duration'] = float(results['total_frames'] /
+                                       results['avg_fps'])
+        except Exception as err:  # noqa: BLE001  (reported per file)
+            message = ' '.join(str(err).split())  # one line for the summary
+            sample['error'] = f'{type(err).__name__}: {message}'
+        return sample
+
+
+def _collate(batch: list[dict]) -> list[dict]:
+    return batch  # stacked after dropping the failed files
+
+
+@torch.no_grad()
+def encode_videos(
+    model: torch.nn.Module,
+    cfg: Config,
+    paths: Sequence[str | Path],
+    batch_size: int = 8,
+    num_workers: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, list[dict]]:
+    """Embed video files with a loose-head model.
+
+    Returns ``(embeddings, info)``: ``info`` has one dict per path, in order,
+    with ``path``, ``duration`` (seconds) and ``error`` (None, or why the file
+    was skipped); ``embeddings`` is float32 [K, D] unit vectors for the K
+    files whose ``error`` is None, in the same order. ``progress(done,
+    total)`` is called after each batch. Workers decode in parallel.
+    """
+    _check_loose(model)
+    dataset = VideoFileDataset(paths, video_pipeline_cfg(cfg))
+    loader = DataLoader(dataset, batch_size=batch_size,
+                        num_workers=num_workers, collate_fn=_collate)
+    info: list[dict] = [None] * len(dataset)  # type: ignore[list-item]
+    chunks: list[np.ndarray] = []
+    done = 0
+    for batch in loader:
+        good = []
+        for sample in batch:
+            info[sample['index']] = dict(path=dataset.paths[sample['index']],
+                                         duration=sample['duration'],
+                                         error=sample['error'])
+            if sample['error'] is None:
+                good.append(sample)
+        if good:
+            data = model.data_preprocessor(dict(inputs=dict(
+                imgs=torch.stack([s['imgs'] for s in good]),
+                frame_mask=torch.stack([s['frame_mask'] for s in good]))))
+            inputs = data['inputs']
+            emb = model.encode_video(inputs['frames'], inputs['frame_mask'])
+            chunks.append(emb.float().cpu().numpy())  # [B, D]
+        done += len(batch)
+        if progress is not None:
+            progress(done, len(dataset))
+    dim = chunks[0].shape[1] if chunks else 0
+    emb = (np.concatenate(chunks) if chunks else
+           np.zeros((0, dim), dtype=np.float32))
+    return emb.astype(np.float32, copy=False), info
+
+
+@torch.no_grad()
+def encode_texts(model: torch.nn.Module, cfg: Config,
+                 texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    """Embed texts with a loose-head model -> float32 [N, D] unit vectors.
+
+    Tokenised with the test pipeline's TokenizeCaptions settings, so a query
+    is read exactly as an evaluation caption.
+    """
+    _check_loose(model)
+    tokenizer_path, max_words = text_settings(cfg)
+    tokenizer = load_tokenizer(tokenizer_path)
+    device = next(model.parameters()).device
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        ids, mask = tokenize(tokenizer, list(texts[start:start + batch_size]),
+                             max_words)
+        emb = model.encode_text(torch.from_numpy(ids).to(device),
+                                torch.from_numpy(mask).to(device))
+        chunks.append(emb.float().cpu().numpy())
+    if not chunks:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(chunks).astype(np.float32, copy=False)

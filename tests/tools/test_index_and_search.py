@@ -1,0 +1,197 @@
+"""Index a folder of videos and search it: tools/index_videos.py and
+tools/search.py on the synthetic dataset, with a briefly trained model."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mmcv.transforms import Compose
+from mmengine.config import Config
+from mmengine.registry import DefaultScope
+
+from mmclip4clip.apis import (
+    encode_texts,
+    encode_videos,
+    init_retriever,
+    load_index,
+    update_index,
+)
+from mmclip4clip.datasets.synthetic import make_synthetic_dataset
+from mmclip4clip.registry import TRANSFORMS
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / ('configs/retrieval/clip4clip/'
+                 'clip4clip_tiny-p4-res32-scratch_1xb32-u8-30e_synthetic-rgb.py')
+EPOCHS = 6  # ~20 s on 2 CPU cores; top-5 of a test caption 47 % (chance 5.6)
+
+
+def run_tool(args: list, cwd: Path, timeout: int = 300):
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def parse_counts(stdout: str) -> dict:
+    line = next(s for s in stdout.splitlines() if s.startswith('added='))
+    return {k: int(v) for k, v in (p.split('=') for p in line.split())}
+
+
+@pytest.fixture(scope='module')
+def workspace(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp('index_ws')
+    make_synthetic_dataset(root / 'data' / 'synthetic', seed=1,
+                           train_per_combo=2, test_per_combo=1, seconds=2,
+                           size=32, progress=False)
+    return root
+
+
+@pytest.fixture(scope='module')
+def checkpoint(workspace) -> Path:
+    work_dir = workspace / 'work'
+    proc = run_tool([
+        REPO / 'tools/train.py', CONFIG, '--work-dir', work_dir,
+        '--no-validate', '--cfg-options', f'train_cfg.max_epochs={EPOCHS}'
+    ], cwd=workspace)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work_dir / f'epoch_{EPOCHS}.pth'
+
+
+@pytest.fixture(scope='module')
+def model_cfg(workspace, checkpoint):
+    """The trained model and its config; the tokenizer path in the config
+    is relative to the workspace."""
+    cwd = os.getcwd()
+    os.chdir(workspace)
+    cfg = Config.fromfile(str(CONFIG))
+    yield init_retriever(cfg, checkpoint), cfg
+    os.chdir(cwd)
+
+
+@pytest.fixture(scope='module')
+def test_index(workspace, checkpoint) -> Path:
+    index = workspace / 'test_index'
+    proc = run_tool([REPO / 'tools/index_videos.py', CONFIG, checkpoint,
+                     'data/synthetic/videos/test', index, '--batch-size', 16],
+                    cwd=workspace)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = parse_counts(proc.stdout)
+    assert counts['added'] == counts['total'] == counts['encoded'] == 90
+    return index
+
+
+def test_held_out_captions_find_their_clip_in_top5(workspace, model_cfg,
+                                                   test_index):
+    model, cfg = model_cfg
+    index = load_index(test_index)
+    rows = {v['path']: i for i, v in enumerate(index.videos)}
+    ann = json.loads(
+        (workspace / 'data/synthetic/annotations/test.json').read_text())
+    captions = [c for rec in ann for c in rec['captions']]
+    truth = np.array([rows[rec['video'].removeprefix('test/')]
+                      for rec in ann for _ in rec['captions']])
+    scores = encode_texts(model, cfg, captions) @ index.embeddings.T
+    top5 = np.argsort(-scores, axis=1)[:, :5]
+    rate = np.mean([t in row for t, row in zip(truth, top5)])
+    # Measured 0.47 after 6 epochs (0.51 after 8); chance is 5 / 90 = 0.056.
+    assert rate >= 0.3, rate
+
+
+def test_embeddings_match_the_evaluation_pipeline(workspace, model_cfg):
+    """encode_videos == test pipeline + data preprocessor + encode_video."""
+    model, cfg = model_cfg
+    paths = sorted((workspace / 'data/synthetic/videos/test').glob('*.mp4'))
+    paths = paths[:3]
+    emb, info = encode_videos(model, cfg, paths, batch_size=2)
+    assert [i['error'] for i in info] == [None] * 3
+    with DefaultScope.overwrite_default_scope('mmclip4clip'):
+        pipeline = Compose([TRANSFORMS.build(step) for step in
+                            cfg.test_dataloader.dataset.pipeline])
+    for row, path in enumerate(paths):
+        packed = pipeline(dict(filename=str(path), captions=['x']))['inputs']
+        data = model.data_preprocessor(dict(inputs=dict(
+            imgs=packed['imgs'][None], frame_mask=packed['frame_mask'][None])))
+        with torch.no_grad():
+            ref = model.encode_video(data['inputs']['frames'],
+                                     data['inputs']['frame_mask'])[0]
+        np.testing.assert_allclose(emb[row], ref.numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+
+
+def test_rerun_encodes_nothing(workspace, model_cfg, checkpoint, test_index):
+    model, cfg = model_cfg
+    counts = update_index(model, cfg, workspace / 'data/synthetic/videos/test',
+                          test_index, CONFIG, checkpoint)
+    assert counts['encoded'] == 0 and counts['unchanged'] == 90
+
+
+def test_index_loads_without_pickle(test_index):
+    meta = json.loads((test_index / 'index.json').read_text())
+    emb = np.load(test_index / meta['embeddings'], allow_pickle=False)
+    assert emb.dtype == np.float32 and emb.shape == (90, meta['dim'])
+    assert list(test_index.glob('embeddings-*.npy')) == [
+        test_index / meta['embeddings']]
+
+
+def test_broken_changed_and_removed_files(workspace, model_cfg, checkpoint,
+                                          tmp_path):
+    model, cfg = model_cfg
+    videos = tmp_path / 'videos'
+    shutil.copytree(workspace / 'data/synthetic/videos/test', videos)
+    index = tmp_path / 'index'
+    first = update_index(model, cfg, videos, index, CONFIG, checkpoint,
+                         batch_size=16, num_workers=2)
+    assert first['added'] == 90 and first['skipped'] == []
+    (videos / 'broken.mp4').write_bytes(
+        np.random.default_rng(0).bytes(4096))
+    names = sorted(p.name for p in videos.glob('0*.mp4'))
+    changed, gone = videos / names[0], videos / names[1]
+    os.utime(changed, ns=(0, changed.stat().st_mtime_ns + 10**9))
+    gone.unlink()
+    second = update_index(model, cfg, videos, index, CONFIG, checkpoint)
+    assert (second['updated'], second['added'], second['removed']) == (1, 0,
+                                                                       1)
+    assert second['encoded'] == 2 and second['total'] == 89
+    assert [s['path'] for s in second['skipped']] == ['broken.mp4']
+    assert second['skipped'][0]['error']
+    # An unchanged broken file is reported again but not retried.
+    third = update_index(model, cfg, videos, index, CONFIG, checkpoint)
+    assert third['encoded'] == 0
+    assert [s['path'] for s in third['skipped']] == ['broken.mp4']
+    paths = [v['path'] for v in load_index(index).videos]
+    assert 'broken.mp4' not in paths and names[1] not in paths
+    assert len(paths) == 89
+
+
+def test_other_checkpoint_is_refused(workspace, model_cfg, test_index,
+                                     tmp_path):
+    model, cfg = model_cfg
+    other = tmp_path / 'other.pth'
+    torch.save({'state_dict': model.state_dict(), 'meta': {'x': 1}}, other)
+    with pytest.raises(ValueError, match='--rebuild'):
+        update_index(model, cfg, workspace / 'data/synthetic/videos/test',
+                     test_index, CONFIG, other)
+
+
+def test_search_json_is_ranked(workspace, test_index):
+    proc = run_tool([REPO / 'tools/search.py', test_index,
+                     'a red square moves left', '--topk', 5, '--json'],
+                    cwd=workspace)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    hits = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(hits) == 5
+    scores = [h['score'] for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert all(h['path'].endswith('.mp4') for h in hits)
+
+
+def test_tight_head_is_refused(model_cfg):
+    _, cfg = model_cfg
+    tight = cfg.model.copy()
+    tight['head'] = dict(type='TightTransfHead', embed_dim=64, num_layers=1)
+    model = init_retriever(dict(model=tight))
+    with pytest.raises(ValueError, match='loose head'):
+        encode_texts(model, cfg, ['a red square'])

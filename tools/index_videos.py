@@ -1,0 +1,59 @@
+"""Embed every video under a folder into a search index; rerun to update.
+
+    python tools/index_videos.py CONFIG CHECKPOINT VIDEO_DIR INDEX
+        [--batch-size 8] [--workers 0] [--device cpu] [--rebuild]
+
+Only new or changed files (size or mtime) are encoded on a rerun, removed
+files are dropped, and broken files are skipped and listed at the end. The
+index layout is described in ``mmclip4clip/apis/index.py``.
+"""
+import argparse
+import sys
+
+from mmengine.config import Config
+
+from mmclip4clip.apis import init_retriever, update_index
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Index a folder of videos')
+    parser.add_argument('config', help='model config file')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('video_dir', help='folder searched recursively')
+    parser.add_argument('index', help='index directory (created if missing)')
+    parser.add_argument('--batch-size', type=int, default=8)
+    parser.add_argument('--workers', type=int, default=0,
+                        help='decoding worker processes')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--rebuild', action='store_true',
+                        help='re-encode everything, e.g. for a new model')
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    cfg = Config.fromfile(args.config)
+    model = init_retriever(cfg, args.checkpoint, device=args.device)
+
+    def progress(done: int, total: int) -> None:
+        print(f'encoded {done}/{total}', flush=True)
+
+    try:
+        summary = update_index(model, cfg, args.video_dir, args.index,
+                               args.config, args.checkpoint,
+                               batch_size=args.batch_size,
+                               num_workers=args.workers,
+                               rebuild=args.rebuild, progress=progress)
+    except ValueError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    print('added={added} updated={updated} unchanged={unchanged} '
+          'removed={removed} encoded={encoded} total={total} '
+          'skipped={n}'.format(n=len(summary['skipped']), **summary))
+    for item in summary['skipped']:
+        print(f'skipped {item["path"]}: {item["error"]}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
