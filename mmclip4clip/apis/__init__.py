@@ -1,8 +1,15 @@
-from .encode import encode_texts, encode_videos
-from .index import VideoIndex, load_index, search_index, update_index
+from .encode import encode_texts, encode_videos, tight_scores
+from .index import (
+    VideoIndex,
+    load_index,
+    rerank_with_tight,
+    search_index,
+    update_index,
+)
 from .inference import init_retriever
 
 __all__ = [
     'VideoIndex', 'encode_texts', 'encode_videos', 'init_retriever',
-    'load_index', 'search_index', 'update_index'
+    'load_index', 'rerank_with_tight', 'search_index', 'tight_scores',
+    'update_index'
 ]

@@ -172,3 +172,39 @@ def encode_texts(model: torch.nn.Module, cfg: Config,
     if not chunks:
         return np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+@torch.no_grad()
+def tight_scores(model: torch.nn.Module, cfg: Config, query: str,
+                 paths: Sequence[str | Path],
+                 batch_size: int = 8) -> np.ndarray:
+    """Pair logits of ``query`` against each video file with a tightTransf
+    model -> float32 [K] (NaN for a file that cannot be read).
+
+    The cross-encoder needs every (text, video) pair, so it re-ranks a short
+    list from a loose index instead of scoring a whole collection.
+    """
+    if not model.pairwise:
+        raise ValueError('tight_scores needs a tightTransf model')
+    tokenizer_path, max_words = text_settings(cfg)
+    ids, mask = tokenize(load_tokenizer(tokenizer_path), [query], max_words)
+    device = next(model.parameters()).device
+    text = model.encode_text(torch.from_numpy(ids).to(device),
+                             torch.from_numpy(mask).to(device))  # [1, D]
+    dataset = VideoFileDataset(paths, video_pipeline_cfg(cfg))
+    scores = np.full(len(dataset), np.nan, dtype=np.float32)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=_collate)
+    for batch in loader:
+        good = [s for s in batch if s['error'] is None]
+        if not good:
+            continue
+        data = model.data_preprocessor(dict(inputs=dict(
+            imgs=torch.stack([s['imgs'] for s in good]),
+            frame_mask=torch.stack([s['frame_mask'] for s in good]))))
+        inputs = data['inputs']
+        frames = model.encode_video(inputs['frames'], inputs['frame_mask'])
+        logits = model.similarity(text, frames, inputs['frame_mask'])[0]
+        for sample, logit in zip(good, logits.float().cpu().tolist(),
+                                 strict=True):
+            scores[sample['index']] = logit
+    return scores

@@ -238,3 +238,21 @@ def search_index(model: torch.nn.Module, cfg: Config, index: VideoIndex,
     order = np.argsort(-scores, kind='stable')[:topk]
     return [dict(path=index.videos[i]['path'], score=float(scores[i]))
             for i in order]
+
+
+def rerank_with_tight(hits: list[dict], tight_model: torch.nn.Module,
+                      tight_cfg: Config, video_dir: str | Path,
+                      query: str) -> list[dict]:
+    """Re-order a loose shortlist by a tightTransf model's pair logits.
+
+    Each hit keeps its loose ``score`` and gains ``tight_score``; files the
+    tight model cannot read go last.
+    """
+    from .encode import tight_scores
+
+    paths = [Path(video_dir) / hit['path'] for hit in hits]
+    scores = tight_scores(tight_model, tight_cfg, query, paths)
+    ranked = [dict(hit, tight_score=float(score))
+              for hit, score in zip(hits, scores, strict=True)]
+    return sorted(ranked, key=lambda h: (np.isnan(h['tight_score']),
+                                         -np.nan_to_num(h['tight_score'])))

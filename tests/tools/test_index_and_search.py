@@ -195,3 +195,51 @@ def test_tight_head_is_refused(model_cfg):
     model = init_retriever(dict(model=tight))
     with pytest.raises(ValueError, match='loose head'):
         encode_texts(model, cfg, ['a red square'])
+
+
+def test_tight_rerank_orders_a_shortlist_by_pair_logits(workspace, model_cfg,
+                                                        test_index, tmp_path):
+    """search.py --rerank-config: the loose top-k re-ordered by a tightTransf
+    model's logits, equal to that model's sim_matrix on each video."""
+    _, cfg = model_cfg
+    tight_cfg = Config.fromfile(str(CONFIG))
+    tight_cfg.model.head = dict(type='TightTransfHead', embed_dim=64,
+                                num_layers=1, num_heads=2, max_positions=32)
+    torch.manual_seed(0)
+    tight = init_retriever(tight_cfg)
+    with torch.no_grad():  # a random head far from uniform attention
+        tight.head.position_embeddings.weight.normal_()
+    ckpt = tmp_path / 'tight.pth'
+    torch.save(dict(state_dict=tight.state_dict()), ckpt)
+    tight_path = tmp_path / 'tight_config.py'
+    tight_cfg.dump(str(tight_path))
+    query = 'a red square moves left along the top'
+    proc = run_tool([REPO / 'tools/search.py', test_index, query, '--topk', 4,
+                     '--rerank-config', tight_path, '--rerank-checkpoint', ckpt,
+                     '--rerank-topk', 6, '--json'], cwd=workspace)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    hits = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(hits) == 4
+    tight_scores = [h['tight_score'] for h in hits]
+    assert tight_scores == sorted(tight_scores, reverse=True)
+    # Each score is the tight model's own logit for that (query, video).
+    with DefaultScope.overwrite_default_scope('mmclip4clip'):
+        pipeline = Compose([TRANSFORMS.build(step) for step in
+                            cfg.test_dataloader.dataset.pipeline])
+    cwd = os.getcwd()
+    os.chdir(workspace)
+    try:
+        for hit in hits:
+            path = workspace / 'data/synthetic/videos/test' / hit['path']
+            packed = pipeline(dict(filename=str(path),
+                                   captions=[query]))['inputs']
+            data = tight.data_preprocessor(dict(inputs=dict(
+                imgs=packed['imgs'][None],
+                frame_mask=packed['frame_mask'][None])))
+            logit = tight.sim_matrix(packed['input_ids'],
+                                     packed['attention_mask'],
+                                     data['inputs']['frames'],
+                                     data['inputs']['frame_mask'])[0, 0]
+            assert abs(float(logit) - hit['tight_score']) < 1e-4
+    finally:
+        os.chdir(cwd)
