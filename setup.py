@@ -29,6 +29,8 @@ setup(
         # (tools/data/compress_videos.py).
         'synthetic': ['av'],
         'video': ['av'],
-        'tests': ['av', 'pytest', 'scikit-video', 'ruff'],
+        # Approximate search for large video indexes (tools/search.py).
+        'search': ['faiss-cpu'],
+        'tests': ['av', 'faiss-cpu', 'pytest', 'scikit-video', 'ruff'],
     },
 )

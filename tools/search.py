@@ -2,6 +2,7 @@
 
     python tools/search.py INDEX "a man is cooking pasta" [--topk 10]
         [--config CONFIG] [--checkpoint CKPT] [--device cpu] [--json]
+        [--engine {exact,faiss}]
         [--rerank-config TIGHT_CONFIG --rerank-checkpoint CKPT --rerank-topk 50]
 
 CONFIG and CHECKPOINT default to those the index was built with. With a
@@ -32,6 +33,10 @@ def parse_args() -> argparse.Namespace:
                         help='default: the index\'s checkpoint')
     parser.add_argument('--topk', type=int, default=10)
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--engine', choices=('exact', 'faiss'),
+                        default='exact',
+                        help='faiss: approximate HNSW search (pip install -e '
+                        '".[search]"), cached in the index folder')
     parser.add_argument('--rerank-config',
                         help='a tightTransf config: re-rank the top '
                         '--rerank-topk loose hits with its pair logits')
@@ -55,10 +60,12 @@ def main() -> int:
         return 1
     model = init_retriever(cfg, checkpoint, device=args.device)
     if args.rerank_config is None:
-        hits = search_index(model, cfg, index, args.query, args.topk)
+        hits = search_index(model, cfg, index, args.query, args.topk,
+                            args.engine, args.index)
     else:
         shortlist = search_index(model, cfg, index, args.query,
-                                 max(args.rerank_topk, args.topk))
+                                 max(args.rerank_topk, args.topk),
+                                 args.engine, args.index)
         tight_cfg = Config.fromfile(args.rerank_config)
         tight = init_retriever(tight_cfg, args.rerank_checkpoint,
                                device=args.device)

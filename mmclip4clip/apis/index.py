@@ -13,7 +13,9 @@ paths), ``embeddings`` (the .npy file name), ``dim``, ``videos`` (one entry
 per row: ``path`` relative to ``video_dir``, ``size``, ``mtime_ns``,
 ``duration``) and ``skipped`` (files that failed: ``path``, ``size``,
 ``mtime_ns``, ``error``). A new ``embeddings-<hash>.npy`` is written before
-``index.json`` is replaced, so a reader always sees a matching pair.
+``index.json`` is replaced, so a reader always sees a matching pair. An
+optional ``faiss-embeddings-<hash>.index`` caches the approximate search
+graph of those embeddings.
 """
 from __future__ import annotations
 
@@ -228,17 +230,58 @@ def update_index(model: torch.nn.Module,
 
 
 def search_index(model: torch.nn.Module, cfg: Config, index: VideoIndex,
-                 query: str, topk: int = 10) -> list[dict]:
-    """Exact search: the ``topk`` videos by cosine similarity to ``query``,
-    best first, as ``{path, score}`` (path relative to the video folder)."""
+                 query: str, topk: int = 10, engine: str = 'exact',
+                 index_dir: str | Path | None = None) -> list[dict]:
+    """The ``topk`` videos by cosine similarity to ``query``, best first, as
+    ``{path, score}`` (path relative to the video folder).
+
+    ``engine='exact'`` is one matrix product. ``engine='faiss'`` searches an
+    approximate HNSW graph (the ``faiss-cpu`` extra), for indexes too large
+    for exact search; with ``index_dir`` the graph is cached there as
+    ``faiss-<embeddings file>.index`` (faiss' own binary format, no pickle)
+    and rebuilt whenever the embeddings change.
+    """
     if index.embeddings.shape[0] == 0:
         return []
     text = encode_texts(model, cfg, [query])[0]  # [D]
-    scores = index.embeddings @ text  # [M]
-    order = np.argsort(-scores, kind='stable')[:topk]
-    return [dict(path=index.videos[i]['path'], score=float(scores[i]))
-            for i in order]
+    if engine == 'exact':
+        scores = index.embeddings @ text  # [M]
+        order = np.argsort(-scores, kind='stable')[:topk]
+        return [dict(path=index.videos[i]['path'], score=float(scores[i]))
+                for i in order]
+    if engine != 'faiss':
+        raise ValueError(f'unknown engine {engine!r}: exact or faiss')
+    graph = faiss_graph(index, index_dir)
+    scores, rows = graph.search(text[None].astype(np.float32),
+                                min(topk, len(index.videos)))
+    return [dict(path=index.videos[i]['path'], score=float(score))
+            for i, score in zip(rows[0], scores[0], strict=True) if i >= 0]
 
+
+def faiss_graph(index: VideoIndex, index_dir: str | Path | None = None,
+                neighbours: int = 32, ef_search: int = 128):
+    """An HNSW inner-product graph over the index's embeddings, loaded from
+    or cached in ``index_dir`` when given."""
+    try:
+        import faiss
+    except ImportError as err:
+        raise ImportError('engine faiss needs faiss-cpu: pip install -e '
+                          '".[search]"') from err
+    cache = None if index_dir is None else (
+        Path(index_dir) / f'faiss-{Path(index.meta["embeddings"]).stem}.index')
+    if cache is not None and cache.is_file():
+        graph = faiss.read_index(str(cache))
+    else:
+        graph = faiss.IndexHNSWFlat(index.embeddings.shape[1], neighbours,
+                                    faiss.METRIC_INNER_PRODUCT)
+        graph.add(np.ascontiguousarray(index.embeddings, dtype=np.float32))
+        if cache is not None:
+            _atomic_write(cache, lambda tmp: faiss.write_index(graph, tmp))
+            for old in cache.parent.glob('faiss-*.index'):
+                if old != cache:
+                    old.unlink()
+    graph.hnsw.efSearch = ef_search
+    return graph
 
 def rerank_with_tight(hits: list[dict], tight_model: torch.nn.Module,
                       tight_cfg: Config, video_dir: str | Path,

@@ -243,3 +243,41 @@ def test_tight_rerank_orders_a_shortlist_by_pair_logits(workspace, model_cfg,
             assert abs(float(logit) - hit['tight_score']) < 1e-4
     finally:
         os.chdir(cwd)
+
+
+def test_faiss_engine_agrees_with_exact_search_and_caches(workspace, model_cfg,
+                                                          test_index):
+    """The approximate HNSW engine finds (nearly) the exact top-k and caches
+    its graph beside the embeddings, without pickle."""
+    from mmclip4clip.apis import search_index
+
+    model, cfg = model_cfg
+    index = load_index(test_index)
+    for old in test_index.glob('faiss-*.index'):
+        old.unlink()
+    queries = ['a red square moves left along the top',
+               'a blue circle stays still at the middle centre',
+               'the green triangle is moving up along the west']
+    overlap = []
+    cwd = os.getcwd()
+    os.chdir(workspace)
+    try:
+        for query in queries:
+            exact = search_index(model, cfg, index, query, 10)
+            approx = search_index(model, cfg, index, query, 10, 'faiss',
+                                  test_index)
+            overlap.append(len({h['path'] for h in exact}
+                               & {h['path'] for h in approx}) / 10)
+            scores = [h['score'] for h in approx]
+            assert scores == sorted(scores, reverse=True)
+            # Scores are the same inner products as the exact ones.
+            exact_scores = {h['path']: h['score'] for h in exact}
+            for hit in approx:
+                if hit['path'] in exact_scores:
+                    assert abs(hit['score'] - exact_scores[hit['path']]) < 1e-4
+    finally:
+        os.chdir(cwd)
+    assert np.mean(overlap) >= 0.9, overlap  # 90 videos: HNSW is near exact
+    cached = list(test_index.glob('faiss-*.index'))
+    assert [p.name for p in cached] == [
+        f'faiss-{Path(index.meta["embeddings"]).stem}.index']
