@@ -7,7 +7,6 @@ Usage (from the repository root)::
 
 Ends by printing ``<split>: <V> videos, <C> captions`` for each file written.
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -15,34 +14,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mmclip4clip.datasets.prepare import prepare_msrvtt  # noqa: E402
-from mmclip4clip.datasets.prepare.common import run_cli  # noqa: E402
-
-
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description='MSR-VTT annotation files (msrvtt_train_9k.json, '
-        'msrvtt_train_7k.json, msrvtt_test_1k.json) from the files of '
-        "CLIP4Clip's msrvtt_data.zip.")
-    parser.add_argument(
-        '--root', required=True,
-        help='folder with MSRVTT_data.json, MSRVTT_train.9k.csv, '
-        'MSRVTT_train.7k.csv and MSRVTT_JSFUSION_test.csv')
-    parser.add_argument(
-        '--out', default='data/msrvtt/annotations',
-        help='folder for the annotation files (default: %(default)s)')
-    parser.add_argument(
-        '--video-dir',
-        help='the video folder (optional): each record then points at the '
-        'file found there (any sub-folder, any extension) and records whose '
-        'video is missing are left out with a warning')
-    return parser.parse_args()
-
-
-def main() -> int:
-    args = parse_args()
-    return run_cli(prepare_msrvtt, root=args.root, out_dir=args.out,
-                   video_dir=args.video_dir)
-
+from mmclip4clip.datasets.prepare.common import prepare_main  # noqa: E402
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(prepare_main(
+        prepare_msrvtt,
+        description='MSR-VTT annotation files (msrvtt_train_9k.json, '
+        'msrvtt_train_7k.json, msrvtt_test_1k.json) from the files of '
+        "CLIP4Clip's msrvtt_data.zip.",
+        root_help='folder with MSRVTT_data.json, MSRVTT_train.9k.csv, '
+        'MSRVTT_train.7k.csv and MSRVTT_JSFUSION_test.csv',
+        default_out='data/msrvtt/annotations'))

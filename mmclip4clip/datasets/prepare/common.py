@@ -7,6 +7,7 @@ atomically and formats the summary the scripts print.
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -277,3 +278,31 @@ def run_cli(prepare: Callable[..., list[Split]], **kwargs) -> int:
         return 1
     print(format_summary(splits))
     return 0
+
+
+def prepare_main(prepare: Callable[..., list[Split]], description: str,
+                 root_help: str, default_out: str,
+                 sentence_level: bool = False) -> int:
+    """The command line of a ``tools/data/prepare_<name>.py`` script:
+    ``--root``, ``--out``, ``--video-dir`` (and ``--sentence-level`` for the
+    paragraph datasets); returns the exit status."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('--root', required=True, help=root_help)
+    parser.add_argument(
+        '--out', default=default_out,
+        help='folder for the annotation files (default: %(default)s)')
+    parser.add_argument(
+        '--video-dir',
+        help='the video folder (optional): each record then points at the '
+        'file found there (any sub-folder, any extension) and records whose '
+        'video is missing are left out with a warning')
+    if sentence_level:
+        parser.add_argument(
+            '--sentence-level', action='store_true',
+            help='also write one record per sentence with its time segment '
+            '(<name>_<split>_sentences.json)')
+    args = parser.parse_args()
+    kwargs = dict(root=args.root, out_dir=args.out, video_dir=args.video_dir)
+    if sentence_level:
+        kwargs['sentence_level'] = args.sentence_level
+    return run_cli(prepare, **kwargs)
