@@ -4,49 +4,13 @@
 # uniformly, 224 px, paragraphs cut at 64 tokens. Annotation files as
 # written by tools/data/prepare_didemo.py (with --video-dir, which records
 # each video's real file name); videos under data/didemo/videos.
+_base_ = ['video_paragraph_224.py']
+
 data_root = 'data/didemo'
-tokenizer = 'openai/clip-vit-base-patch32'  # CLIP's BPE, same for B/16
-max_frames = 64
-max_words = 64
-
-
-def pipeline(frame_order: int = 0) -> list:
-    return [
-        dict(type='DecordInit'),
-        dict(type='SampleFramesByRate', max_frames=max_frames,
-             feature_framerate=1, slice_framepos=2, frame_order=frame_order),
-        dict(type='DecordDecode'),
-        dict(type='CLIPResizeCrop', size=224),
-        dict(type='TokenizeCaptions', tokenizer=tokenizer,
-             max_words=max_words),
-        dict(type='PackVideoTextInputs'),
-    ]
-
-
 train_dataloader = dict(
-    batch_size=8,  # x 8 GPUs = the paper's 64 (of 64 frames each)
-    num_workers=8,
-    persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=True),
-    collate_fn=dict(type='mmclip4clip.video_text_collate'),
-    dataset=dict(
-        type='VideoTextDataset',
-        ann_file=f'{data_root}/annotations/didemo_train.json',
-        data_prefix=dict(video=f'{data_root}/videos'),
-        pipeline=pipeline()))
+    dataset=dict(ann_file=f'{data_root}/annotations/didemo_train.json',
+                 data_prefix=dict(video=f'{data_root}/videos')))
 val_dataloader = dict(
-    batch_size=16,
-    num_workers=8,
-    persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    collate_fn=dict(type='mmclip4clip.video_text_collate'),
-    dataset=dict(
-        type='VideoTextDataset',
-        ann_file=f'{data_root}/annotations/didemo_test.json',
-        data_prefix=dict(video=f'{data_root}/videos'),
-        pipeline=pipeline(),
-        test_mode=True))
+    dataset=dict(ann_file=f'{data_root}/annotations/didemo_test.json',
+                 data_prefix=dict(video=f'{data_root}/videos')))
 test_dataloader = val_dataloader
-
-val_evaluator = dict(type='RetrievalMetric')
-test_evaluator = val_evaluator
