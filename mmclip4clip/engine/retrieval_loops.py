@@ -3,8 +3,11 @@
 Each batch of the evaluation dataset (one sample per video, carrying all its
 captions) is encoded by the model's ``predict`` mode; the embeddings of all
 processes are gathered in dataset order (samples that a distributed sampler
-repeated to even out the shards are dropped), the text x video score matrix
-is built in blocks, and the evaluator ranks it in both directions.
+repeated to even out the shards are dropped) and the evaluator ranks the
+text x video scores in both directions. For the loose heads the scores are
+an :class:`EmbeddingScores` (``scale * T @ V.T``), ranked block by block on
+the model's device, so even 100k x 100k never exists whole; the tight head's
+pair logits are computed in blocks of texts into an [N, M] matrix.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from mmengine.runner import TestLoop, ValLoop, autocast
 from mmengine.structures import BaseDataElement
 from torch import Tensor
 
+from mmclip4clip.evaluation.scores import EmbeddingScores
 from mmclip4clip.registry import LOOPS
 
 
@@ -28,14 +32,19 @@ def gather_predictions(
 
 
 def build_scores(model, text_emb: Tensor, video_emb: Tensor,
-                 block_size: int, video_mask: Tensor | None = None) -> Tensor:
-    """Texts x videos -> [N, M] scores on the CPU, ``block_size`` texts at a
-    time on the model's device.
+                 block_size: int, video_mask: Tensor | None = None
+                 ) -> Tensor | EmbeddingScores:
+    """Texts x videos -> [N, M] scores.
 
-    ``video_emb`` is [M, D] for loose heads; the tight head takes frame
-    features [M, T, D] and their ``video_mask`` [M, T].
+    Loose heads ([M, D] ``video_emb``): an :class:`EmbeddingScores` on the
+    model's device, computed when ranked. Tight head (frame features
+    [M, T, D] and their ``video_mask`` [M, T]): the pair logits on the CPU,
+    ``block_size`` texts at a time on the model's device.
     """
     device = next(model.parameters()).device
+    if not model.pairwise:
+        return EmbeddingScores(text_emb.to(device), video_emb.to(device),
+                               model.backbone.logit_scale.exp().item())
     video_emb = video_emb.to(device)
     if video_mask is not None:
         video_mask = video_mask.to(device)
@@ -123,7 +132,8 @@ class RetrievalValLoop(_RetrievalLoopMixin, ValLoop):
 
     Args:
         runner, dataloader, evaluator, fp16: as :class:`mmengine.runner.ValLoop`.
-        score_block_size: texts scored against all videos at a time.
+        score_block_size: texts scored against all videos at a time by
+            the tight head.
     """
 
     _stage = 'val'
@@ -135,7 +145,8 @@ class RetrievalTestLoop(_RetrievalLoopMixin, TestLoop):
 
     Args:
         runner, dataloader, evaluator, fp16: as :class:`mmengine.runner.TestLoop`.
-        score_block_size: texts scored against all videos at a time.
+        score_block_size: texts scored against all videos at a time by
+            the tight head.
     """
 
     _stage = 'test'

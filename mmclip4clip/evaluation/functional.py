@@ -3,21 +3,24 @@
 A rank is ``1 + the number of candidates scored strictly higher than the ground
 truth``: ties do not push the ground truth down, and every query counts once,
 so R@K always divides by the number of queries. Ranks are counted with a
-comparison, never a sort, over blocks of queries, so memory stays at
-``block_size x candidates`` whatever the size of the score matrix. A NaN or inf
+comparison, never a sort, over blocks of caption rows, both directions in one
+pass, so memory stays at ``block_size x candidates`` whatever the size of the
+score matrix, which need not even exist: :class:`EmbeddingScores` computes
+each block from the embeddings. A NaN or inf
 score is an error that names the query, never a silently dropped row.
 """
 import numpy as np
 import torch
 from torch import Tensor
 
+from .scores import EmbeddingScores, score_tile
 
-def _check_block_size(block_size: int) -> None:
-    if block_size < 1:
-        raise ValueError(f'block_size must be >= 1, got {block_size}')
+# Default tile of the score matrix ranked at once: caption rows x columns.
+BLOCK_ROWS = 2048
+TILE_COLUMNS = 2048
 
 
-def _check_scores(scores: Tensor) -> None:
+def _check_scores(scores) -> None:
     if scores.dim() != 2:
         raise ValueError(
             f'scores must be a 2-d [N_text, M_video] tensor, got shape '
@@ -39,7 +42,154 @@ def _check_index(index: Tensor, name: str, length: int, high: int) -> None:
             f'outside [0, {high})')
 
 
-def t2v_ranks(scores: Tensor, gt: Tensor, block_size: int = 4096) -> Tensor:
+def _check_finite(scores: Tensor | EmbeddingScores) -> None:
+    """Name the first NaN/inf score (or embedding) as an error."""
+    if isinstance(scores, EmbeddingScores):
+        for name, emb in (('caption', scores.text), ('video', scores.video)):
+            bad = ~torch.isfinite(emb).all(dim=1)
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0, 0])
+                raise ValueError(f'{name} embedding {i} contains NaN/inf, so '
+                                 f'its scores (query {i}) would too')
+        return
+    bad = ~torch.isfinite(scores)
+    if bool(bad.any()):
+        row, col = bad.nonzero()[0].tolist()
+        raise ValueError(
+            f'score matrix row {row} (query {row}), column {col} (video '
+            f'query {col}) contains NaN/inf')
+
+
+def _segment_any(beats: Tensor, segment: Tensor, num_segments: int) -> Tensor:
+    """[B, C] bool rows grouped by ``segment`` [B] -> [S, C]: any per group."""
+    if num_segments == beats.shape[0]:  # one row per group
+        return beats
+    hits = torch.zeros(num_segments, beats.shape[1], dtype=torch.int32,
+                       device=beats.device)
+    hits.index_add_(0, segment, beats.to(torch.int32))
+    return hits > 0
+
+
+def _ranks(scores: Tensor | EmbeddingScores, index: Tensor,
+           block_size: int | None, video_to_text: bool,
+           index_name: str = 'text_video_index'
+           ) -> tuple[Tensor, Tensor | None]:
+    """t2v ranks and, if asked, v2t ranks (see :func:`retrieval_ranks`).
+
+    Caption rows are taken in blocks holding whole videos. Phase 1 computes
+    each block's own columns (its videos), which give every caption's
+    ground-truth score and every video's best own-caption score
+    ``own[j] = max over j's captions of S[c, j]``; phase 2 computes the
+    other columns in tiles and counts the scores above them. Every score is
+    computed exactly once, so the ranks are exactly those of the matrix the
+    tiles make up, and a tile never outgrows ``block_size x 2048`` floats.
+    """
+    _check_scores(scores)
+    num_texts, num_videos = scores.shape
+    rows_per_block = block_size or BLOCK_ROWS
+    if rows_per_block < 1:
+        raise ValueError(f'block_size must be >= 1, got {block_size}')
+    _check_index(index, index_name, num_texts, num_videos)
+    _check_finite(scores)
+    device = scores.device
+    index = index.to(device=device, dtype=torch.long)
+    above_gt = torch.zeros(num_texts, dtype=torch.long, device=device)
+    if not video_to_text:  # whole rows per block, no video structure
+        for start in range(0, num_texts, rows_per_block):
+            rows = torch.arange(start, min(start + rows_per_block, num_texts),
+                                device=device)
+            block = score_tile(scores, rows, 0, num_videos)  # [B, M]
+            gt = block[torch.arange(len(rows), device=device), index[rows]]
+            above_gt[rows] = (block > gt[:, None]).sum(dim=1)
+        return 1 + above_gt, None
+
+    captions_per_video = torch.bincount(index, minlength=num_videos)
+    if not bool((captions_per_video > 0).all()):
+        video = int((captions_per_video == 0).nonzero()[0, 0])
+        raise ValueError(f'video {video} has no caption in text_video_index')
+    order = torch.sort(index, stable=True).indices  # captions by video
+    sorted_index = index[order]
+    # Block boundaries at video boundaries: the videos of a block are the
+    # contiguous column range [first, last].
+    bounds, start = [], 0
+    while start < num_texts:
+        stop = min(start + rows_per_block, num_texts)
+        while stop < num_texts and sorted_index[stop] == sorted_index[stop - 1]:
+            stop += 1
+        bounds.append((start, stop))
+        start = stop
+    gt = torch.empty(num_texts, dtype=scores.dtype, device=device)
+    own = torch.full((num_videos, ), float('-inf'), dtype=scores.dtype,
+                     device=device)
+    beaten = torch.zeros(num_videos, dtype=torch.long, device=device)
+    segments = []
+    for start, stop in bounds:  # phase 1: each block's own videos
+        rows = order[start:stop]
+        first, last = int(sorted_index[start]), int(sorted_index[stop - 1])
+        _, per_video = torch.unique_consecutive(sorted_index[start:stop],
+                                                return_counts=True)
+        segment = torch.repeat_interleave(
+            torch.arange(last - first + 1, device=device), per_video)
+        segments.append(segment)
+        tile = score_tile(scores, rows, first, last + 1)  # [B, V]
+        block_gt = tile[torch.arange(len(rows), device=device),
+                        index[rows] - first]
+        gt[rows] = block_gt
+        above_gt[rows] += (tile > block_gt[:, None]).sum(dim=1)
+        own[first:last + 1] = block_gt.new_full(
+            (last - first + 1, ), float('-inf')).scatter_reduce_(
+                0, segment, block_gt, reduce='amax')
+        # Video k outranks video query j when any caption of k scores above
+        # own[j]; k = j never does.
+        beaten[first:last + 1] += _segment_any(
+            tile > own[None, first:last + 1], segment,
+            last - first + 1).sum(dim=0)
+    for (start, stop), segment in zip(bounds, segments, strict=True):
+        rows = order[start:stop]  # phase 2: all other columns, in tiles
+        first, last = int(sorted_index[start]), int(sorted_index[stop - 1])
+        block_gt = gt[rows, None]
+        for lo, hi in _column_tiles(num_videos, first, last + 1):
+            tile = score_tile(scores, rows, lo, hi)  # [B, C]
+            above_gt[rows] += (tile > block_gt).sum(dim=1)
+            beaten[lo:hi] += _segment_any(
+                tile > own[None, lo:hi], segment,
+                last - first + 1).sum(dim=0)
+    return 1 + above_gt, 1 + beaten
+
+
+def _column_tiles(num_columns: int, skip_start: int,
+                  skip_stop: int) -> list[tuple[int, int]]:
+    """[lo, hi) ranges of at most TILE_COLUMNS columns covering
+    ``0..num_columns`` except ``skip_start..skip_stop``."""
+    tiles = []
+    for lo, hi in ((0, skip_start), (skip_stop, num_columns)):
+        tiles += [(c, min(c + TILE_COLUMNS, hi))
+                  for c in range(lo, hi, TILE_COLUMNS)]
+    return tiles
+
+
+def retrieval_ranks(scores: Tensor | EmbeddingScores, text_video_index: Tensor,
+                    block_size: int | None = None) -> tuple[Tensor, Tensor]:
+    """Text-to-video and video-to-text ranks in one pass over the scores.
+
+    Args:
+        scores: [N_text, M_video] float scores (rows = captions), a tensor or
+            an :class:`EmbeddingScores` computed block by block.
+        text_video_index: [N_text] column of each caption's video.
+        block_size: caption rows compared at once (rounded up to whole
+            videos), against at most 2048 columns at a time; default 2048.
+
+    Returns:
+        t2v ranks [N_text] (``1 + #{j : S[i, j] > S[i, gt_i]}``) and v2t
+        ranks [M_video] (``1 + #{k : V[j, k] > V[j, j]}`` with
+        ``V[j, k] = max over captions c of video k of S[c, j]``), long.
+    """
+    t2v, v2t = _ranks(scores, text_video_index, block_size, True)
+    return t2v, v2t
+
+
+def t2v_ranks(scores: Tensor | EmbeddingScores, gt: Tensor,
+              block_size: int | None = None) -> Tensor:
     """Rank of each query's ground-truth candidate (1 = best).
 
     Args:
@@ -50,73 +200,24 @@ def t2v_ranks(scores: Tensor, gt: Tensor, block_size: int = 4096) -> Tensor:
     Returns:
         [N] long ranks, ``1 + #{j : S[i, j] > S[i, gt[i]]}``.
     """
-    _check_scores(scores)
-    _check_block_size(block_size)
-    num_queries, num_candidates = scores.shape
-    _check_index(gt, 'gt', num_queries, num_candidates)
-    gt = gt.to(device=scores.device, dtype=torch.long)
-    ranks = torch.empty(num_queries, dtype=torch.long, device=scores.device)
-    for start in range(0, num_queries, block_size):
-        stop = min(start + block_size, num_queries)
-        block = scores[start:stop]  # [B, M]
-        finite = torch.isfinite(block).all(dim=1)  # [B]
-        if not bool(finite.all()):
-            row = start + int((~finite).nonzero()[0, 0])
-            raise ValueError(
-                f'score matrix row {row} (query {row}) contains NaN/inf')
-        rows = torch.arange(stop - start, device=scores.device)
-        gt_scores = block[rows, gt[start:stop]]  # [B]
-        ranks[start:stop] = 1 + (block > gt_scores[:, None]).sum(dim=1)
-    return ranks
+    return _ranks(scores, gt, block_size, False, 'gt')[0]
 
 
-def v2t_ranks(scores: Tensor, text_video_index: Tensor,
-              block_size: int = 4096) -> Tensor:
+def v2t_ranks(scores: Tensor | EmbeddingScores, text_video_index: Tensor,
+              block_size: int | None = None) -> Tensor:
     """Rank of each video's own captions among all videos (video-to-text).
 
     Several captions per video (MSVD protocol, as in CLIP4Clip): a candidate
     video ``k`` scores ``V[j, k] = max over captions c of video k of S[c, j]``
     for video query ``j``, and the ground truth is ``k = j``. Each video is
     listed once, so R@1 is not divided by the number of captions. With one
-    caption per video this is plain ranking of ``S.T``.
-
-    Args:
-        scores: [N_text, M_video] float scores, rows = captions.
-        text_video_index: [N_text] column of each caption's video.
-        block_size: video queries handled at once; memory is about
-            block_size x (N_text + M_video).
+    caption per video this is plain ranking of ``S.T``. Computed over blocks
+    of caption rows (:func:`retrieval_ranks`), never a transposed copy.
 
     Returns:
         [M_video] long ranks, ``1 + #{k : V[j, k] > V[j, j]}``.
     """
-    _check_scores(scores)
-    _check_block_size(block_size)
-    num_texts, num_videos = scores.shape
-    _check_index(text_video_index, 'text_video_index', num_texts, num_videos)
-    index = text_video_index.to(device=scores.device, dtype=torch.long)
-    captions_per_video = torch.bincount(index, minlength=num_videos)  # [M]
-    if not bool((captions_per_video > 0).all()):
-        video = int((captions_per_video == 0).nonzero()[0, 0])
-        raise ValueError(f'video {video} has no caption in text_video_index')
-    ranks = torch.empty(num_videos, dtype=torch.long, device=scores.device)
-    for start in range(0, num_videos, block_size):
-        stop = min(start + block_size, num_videos)
-        block = scores[:, start:stop]  # [N, B], column j = video query j
-        finite = torch.isfinite(block).all(dim=0)  # [B]
-        if not bool(finite.all()):
-            col = start + int((~finite).nonzero()[0, 0])
-            raise ValueError(
-                f'score matrix column {col} (video query {col}) contains NaN/inf')
-        # Best caption of each candidate video: [N, B] -> [M, B]; -inf is the
-        # identity of max and every video has a caption, so no -inf survives.
-        best = block.new_full((num_videos, stop - start), float('-inf'))
-        best.scatter_reduce_(
-            0, index[:, None].expand_as(block), block, reduce='amax')
-        video_scores = best.T  # [B, M], V[j, k]
-        queries = torch.arange(start, stop, device=scores.device)
-        gt_scores = video_scores[queries - start, queries]  # [B]
-        ranks[start:stop] = 1 + (video_scores > gt_scores[:, None]).sum(dim=1)
-    return ranks
+    return _ranks(scores, text_video_index, block_size, True)[1]
 
 
 def rank_metrics(ranks: Tensor) -> dict[str, float]:

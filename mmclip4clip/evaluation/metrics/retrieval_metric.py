@@ -17,9 +17,9 @@ from ..functional import (
     dual_softmax,
     querybank_norm,
     rank_metrics,
-    t2v_ranks,
-    v2t_ranks,
+    retrieval_ranks,
 )
+from ..scores import EmbeddingScores, full_scores
 
 
 def _both_directions(t2v: Tensor, v2t: Tensor) -> dict[str, float]:
@@ -38,7 +38,10 @@ class RetrievalMetric(BaseMetric):
     The evaluation loop encodes the whole test set once and calls ``process``
     once with a single result dict:
 
-    - ``scores``: float Tensor [N_text, M_video], rows = captions.
+    - ``scores``: float Tensor [N_text, M_video], rows = captions, or an
+      :class:`EmbeddingScores` (the loose heads' ``scale * T @ V.T``), which
+      is ranked block by block without ever holding the whole matrix; DSL,
+      QB-Norm and ``dump_file`` need the whole matrix and compute it.
     - ``text_video_index``: long Tensor [N_text], column of each caption's video.
     - ``video_ids``: list of M_video str.
     - ``captions``: list of N_text str.
@@ -48,8 +51,8 @@ class RetrievalMetric(BaseMetric):
     captions is one candidate scored by its best caption (video-to-text).
 
     Args:
-        block_size: queries ranked at once; bounds memory to about
-            block_size x (N_text + M_video) scores.
+        block_size: caption rows ranked at once (both directions in one
+            pass, 2048 columns at a time); default 2048.
         dsl_tau: if set, also report every metric under ``dsl/`` computed on
             dual-softmax scores with this temperature. The plain metrics are
             always reported. DSL normalises over all test queries, so it
@@ -72,7 +75,7 @@ class RetrievalMetric(BaseMetric):
     """
 
     def __init__(self,
-                 block_size: int = 4096,
+                 block_size: int | None = None,
                  dsl_tau: float | None = None,
                  qb_beta: float | None = None,
                  qb_k: int = 1,
@@ -80,7 +83,7 @@ class RetrievalMetric(BaseMetric):
                  collect_device: str = 'cpu',
                  prefix: str | None = None) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
-        if block_size < 1:
+        if block_size is not None and block_size < 1:
             raise ValueError(f'block_size must be >= 1, got {block_size}')
         self.block_size = block_size
         if qb_k < 1:
@@ -106,8 +109,8 @@ class RetrievalMetric(BaseMetric):
         if missing:
             raise ValueError(f'RetrievalMetric result is missing keys {missing}')
         scores = result['scores']
-        if (not isinstance(scores, Tensor) or scores.dim() != 2
-                or not scores.is_floating_point()):
+        if (not isinstance(scores, (Tensor, EmbeddingScores))
+                or scores.dim() != 2 or not scores.is_floating_point()):
             raise ValueError(
                 "'scores' must be a 2-d float Tensor [N_text, M_video], got "
                 f'{getattr(scores, "shape", type(scores))}')
@@ -136,7 +139,8 @@ class RetrievalMetric(BaseMetric):
                 f"'captions' has {len(result['captions'])} entries, but "
                 f"'scores' has {num_texts} caption rows")
         return {
-            'scores': scores.detach(),
+            'scores': scores if isinstance(scores, EmbeddingScores) else
+            scores.detach(),
             'text_video_index': index.detach().long(),
             'video_ids': list(result['video_ids']),
             'captions': list(result['captions']),
@@ -153,19 +157,19 @@ class RetrievalMetric(BaseMetric):
         index = result['text_video_index']  # [N]
 
         bs = self.block_size
-        ranks = {
-            't2v_ranks': t2v_ranks(scores, index, bs),
-            'v2t_ranks': v2t_ranks(scores, index, bs),
-        }
+        ranks = dict(zip(('t2v_ranks', 'v2t_ranks'),
+                         retrieval_ranks(scores, index, bs), strict=True))
+        if self.dsl_tau is not None or self.qb_beta is not None:
+            scores = full_scores(scores)
         metrics = _both_directions(ranks['t2v_ranks'], ranks['v2t_ranks'])
         if self.dsl_tau is not None:
             # Reported next to the plain metrics, never instead of them.
             # t2v normalises over the texts (dim 0), v2t over the videos (dim 1).
             tau = self.dsl_tau
-            ranks['dsl_t2v_ranks'] = t2v_ranks(
-                dual_softmax(scores, tau, dim=0), index, bs)
-            ranks['dsl_v2t_ranks'] = v2t_ranks(
-                dual_softmax(scores, tau, dim=1), index, bs)
+            ranks['dsl_t2v_ranks'] = retrieval_ranks(
+                dual_softmax(scores, tau, dim=0), index, bs)[0]
+            ranks['dsl_v2t_ranks'] = retrieval_ranks(
+                dual_softmax(scores, tau, dim=1), index, bs)[1]
             dsl = _both_directions(ranks['dsl_t2v_ranks'],
                                    ranks['dsl_v2t_ranks'])
             metrics.update({f'dsl/{key}': value for key, value in dsl.items()})
@@ -173,11 +177,11 @@ class RetrievalMetric(BaseMetric):
             # Bank = the test queries: captions for t2v, videos for v2t
             # (normalised on S.T, then transposed back for v2t_ranks).
             beta, k = self.qb_beta, min(self.qb_k, scores.shape[1])
-            ranks['qb_t2v_ranks'] = t2v_ranks(
-                querybank_norm(scores, scores, beta, k), index, bs)
+            ranks['qb_t2v_ranks'] = retrieval_ranks(
+                querybank_norm(scores, scores, beta, k), index, bs)[0]
             k = min(self.qb_k, scores.shape[0])
-            ranks['qb_v2t_ranks'] = v2t_ranks(
-                querybank_norm(scores.T, scores.T, beta, k).T, index, bs)
+            ranks['qb_v2t_ranks'] = retrieval_ranks(
+                querybank_norm(scores.T, scores.T, beta, k).T, index, bs)[1]
             qb = _both_directions(ranks['qb_t2v_ranks'], ranks['qb_v2t_ranks'])
             metrics.update({f'qb/{key}': value for key, value in qb.items()})
 
@@ -189,7 +193,8 @@ class RetrievalMetric(BaseMetric):
               metrics: dict[str, float]) -> None:
         """Pickle via a temp file and rename, so no half-written file remains."""
         payload = {
-            'scores': result['scores'].float().cpu().numpy(),  # float32 [N, M]
+            # float32 [N, M]
+            'scores': full_scores(result['scores']).float().cpu().numpy(),
             'video_ids': result['video_ids'],
             'captions': result['captions'],
             'text_video_index': result['text_video_index'].cpu().numpy(),  # [N]

@@ -1,0 +1,95 @@
+"""Ranks of score matrices computed block by block from embeddings."""
+import pytest
+import torch
+from test_retrieval_metric import brute_t2v, brute_v2t, uneven_shuffled_index
+
+from mmclip4clip.evaluation.functional import (
+    retrieval_ranks,
+    t2v_ranks,
+    v2t_ranks,
+)
+from mmclip4clip.evaluation.metrics.retrieval_metric import RetrievalMetric
+from mmclip4clip.evaluation.scores import EmbeddingScores
+
+
+def integer_embeddings(num: int, dim: int, seed: int) -> torch.Tensor:
+    """Small integers: every dot product is exact in float32, and with only
+    three values per entry many scores tie exactly."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(-1, 2, (num, dim), generator=gen).float()
+
+
+@pytest.mark.parametrize('block_size', [1, 3, 7, None])
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_streamed_ranks_with_exact_ties_equal_brute_force(seed, block_size):
+    index = uneven_shuffled_index(12, seed)
+    text = integer_embeddings(len(index), 6, seed)
+    video = integer_embeddings(12, 6, seed + 100)
+    video[5] = video[3]  # duplicate videos: ties on whole columns
+    scores = EmbeddingScores(text, video, scale=2.0)
+    matrix = 2.0 * text @ video.T  # exact
+    t2v, v2t = retrieval_ranks(scores, index, block_size)
+    assert t2v.tolist() == brute_t2v(matrix, index)
+    assert v2t.tolist() == brute_v2t(matrix, index)
+    assert t2v_ranks(scores, index, block_size).tolist() == t2v.tolist()
+    assert v2t_ranks(scores, index, block_size).tolist() == v2t.tolist()
+
+
+@pytest.mark.parametrize('block_size', [2, 5, None])
+def test_streamed_ranks_equal_the_stored_matrix_path(block_size):
+    gen = torch.Generator().manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(40, 16, generator=gen),
+                                         dim=-1)
+    video = torch.nn.functional.normalize(torch.randn(40, 16, generator=gen),
+                                          dim=-1)
+    video[7] = video[2]
+    text[9] = video[9]  # a caption equal to its video
+    index = torch.arange(40)
+    scores = EmbeddingScores(text, video, scale=100.0)
+    streamed = retrieval_ranks(scores, index, block_size)
+    stored = retrieval_ranks(scores.full(), index, block_size)
+    assert torch.equal(streamed[0], stored[0])
+    assert torch.equal(streamed[1], stored[1])
+
+
+def test_non_finite_embedding_is_an_error_naming_it():
+    text = torch.randn(4, 8)
+    video = torch.randn(5, 8)
+    video[3, 1] = float('nan')
+    with pytest.raises(ValueError, match='video embedding 3'):
+        retrieval_ranks(EmbeddingScores(text, video), torch.arange(4))
+
+
+def test_tiles_cover_every_column_once(monkeypatch):
+    # Small tiles, so phase 2 walks several of them on both sides of the
+    # block's own columns.
+    import mmclip4clip.evaluation.functional as functional
+    monkeypatch.setattr(functional, 'TILE_COLUMNS', 3)
+    index = uneven_shuffled_index(17, 5)
+    text = integer_embeddings(len(index), 5, 5)
+    video = integer_embeddings(17, 5, 6)
+    t2v, v2t = retrieval_ranks(EmbeddingScores(text, video), index, 4)
+    matrix = text @ video.T
+    assert t2v.tolist() == brute_t2v(matrix, index)
+    assert v2t.tolist() == brute_v2t(matrix, index)
+
+
+def test_metric_accepts_embedding_scores_and_dumps_the_matrix(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    index = uneven_shuffled_index(10, 0)
+    text = torch.randn(len(index), 8, generator=gen)
+    video = torch.randn(10, 8, generator=gen)
+    scores = EmbeddingScores(text, video, scale=3.0)
+    result = dict(scores=scores, text_video_index=index,
+                  video_ids=[str(i) for i in range(10)],
+                  captions=[str(i) for i in range(len(index))])
+    dump = tmp_path / 'r.pkl'
+    streamed = RetrievalMetric(dump_file=str(dump), dsl_tau=1.0)
+    stored = RetrievalMetric(dsl_tau=1.0)
+    streamed.process(None, [result])
+    stored.process(None, [dict(result, scores=scores.full())])
+    assert streamed.evaluate(1) == stored.evaluate(1)
+    import pickle
+    with open(dump, 'rb') as f:
+        payload = pickle.load(f)
+    assert payload['scores'].shape == (len(index), 10)
