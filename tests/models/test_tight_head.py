@@ -70,6 +70,21 @@ def test_pair_logits_equal_the_spec_formula_per_pair_on_real_frames():
 
 
 @torch.no_grad()
+@pytest.mark.parametrize('num_layers', [1, 2, 4])
+def test_evaluation_shortcuts_equal_the_per_pair_forward(num_layers):
+    # Evaluation shares block 1's projections and computes only token 0 in
+    # the last block; forward() runs every pair through every token.
+    torch.manual_seed(0)
+    head = TightTransfHead(D, num_layers=num_layers, max_positions=16).eval()
+    text, frames, mask = features()
+    t_idx = torch.arange(3).repeat_interleave(4)
+    v_idx = torch.arange(4).repeat(3)
+    per_pair = head(text[t_idx], frames[v_idx], mask[v_idx]).view(3, 4)
+    torch.testing.assert_close(head.pair_logits(text, frames, mask, 5),
+                               per_pair, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
 @pytest.mark.parametrize('chunk', [1, 5, 7, 12, 1000])
 def test_chunked_evaluation_equals_unchunked(chunk):
     head = make_head()
@@ -120,7 +135,7 @@ def test_peak_memory_of_evaluation_is_set_by_the_chunk():
     head = make_head()
     text, frames, mask = features(n=6, m=4)
     largest = []
-    hook = head.transformer.resblocks[0].register_forward_hook(
+    hook = head.transformer.resblocks[0].mlp.register_forward_hook(
         lambda mod, args, out: largest.append(out.numel()))
     with torch.no_grad():
         head.pair_logits(text, frames, mask, chunk_size=5)

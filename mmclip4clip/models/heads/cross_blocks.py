@@ -10,9 +10,9 @@ CLIP4Clip checkpoints, so converting them is a rename of the prefix.
 from __future__ import annotations
 
 import warnings
-from collections import OrderedDict
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 # The original cross modules' LayerNorm eps (CLIP's own blocks use 1e-5).
@@ -26,6 +26,27 @@ class QuickGELU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * torch.sigmoid(1.702 * x)
+
+
+class QuickGELUMLP(nn.Module):
+    """``c_proj(QuickGELU(c_fc(x)))``, the 4x MLP of CLIP's blocks.
+
+    Computed as ``c_proj'(silu(c_fc'(x)))`` with the 1.702 folded into the
+    weights (``c_fc' = 1.702 c_fc``, ``c_proj' = c_proj / 1.702``), the same
+    function since ``x sigmoid(1.702 x) = silu(1.702 x) / 1.702``: one fused
+    activation pass over the widest activation instead of three. The
+    parameters stay those of ``c_fc`` and ``c_proj``.
+    """
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(width, hidden)
+        self.c_proj = nn.Linear(hidden, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.linear(x, self.c_fc.weight * 1.702, self.c_fc.bias * 1.702)
+        h = F.silu(h, inplace=not torch.is_grad_enabled())
+        return F.linear(h, self.c_proj.weight / 1.702, self.c_proj.bias)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -44,10 +65,7 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_1 = nn.LayerNorm(width, eps=eps)
         self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
         self.ln_2 = nn.LayerNorm(width, eps=eps)
-        self.mlp = nn.Sequential(OrderedDict(
-            c_fc=nn.Linear(width, width * 4),
-            gelu=QuickGELU(),
-            c_proj=nn.Linear(width * 4, width)))
+        self.mlp = QuickGELUMLP(width, width * 4)
 
     def forward(self, x: Tensor, attn_bias: Tensor | None = None) -> Tensor:
         """[B, S, W] (+ additive bias [B * heads, S, S]) -> [B, S, W]."""
