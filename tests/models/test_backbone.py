@@ -92,6 +92,26 @@ def test_encode_text_ignores_tokens_after_end_token(
 
 
 @torch.no_grad()
+def test_encode_text_runs_only_up_to_the_longest_caption(
+        backbone, make_token_ids):
+    ids, mask = make_token_ids([2, 5, 3], SEQ_LEN, seed=4)
+    padded = torch.zeros(3, 40, dtype=ids.dtype)
+    padded[:, :SEQ_LEN] = ids
+    padded_mask = torch.zeros(3, 40, dtype=mask.dtype)
+    padded_mask[:, :SEQ_LEN] = mask
+    seen = []
+    hook = backbone.clip.text_model.embeddings.register_forward_hook(
+        lambda module, args, kwargs_out: seen.append(kwargs_out.shape[1]))
+    try:
+        short = backbone.encode_text(ids, mask)
+        long = backbone.encode_text(padded, padded_mask)
+    finally:
+        hook.remove()
+    assert seen == [7, 7]  # SOT + 5 words + EOT
+    torch.testing.assert_close(long, short, **TOL)
+
+
+@torch.no_grad()
 def test_encode_text_attention_mask_changes_nothing(backbone,
                                                     make_token_ids):
     ids, mask = make_token_ids([4, 1, 6], SEQ_LEN, seed=3)

@@ -69,6 +69,44 @@ def is_frozen(name: str, freeze_layer_num: int) -> bool:
     return True
 
 
+def one_token_layer(layer: nn.Module, h: Tensor, position: Tensor,
+                    key_bias: Tensor | None = None) -> Tensor:
+    """One token's output of a Hugging Face ``CLIPEncoderLayer``.
+
+    [N, S, W] input, [N] position of the token to compute in each row and an
+    optional additive key bias [N, S] -> [N, W]. The towers' last block only
+    has to produce the token that is read (CLS, end of text), so the other
+    tokens' queries, outputs and MLPs are skipped, and their keys and values
+    are never projected: per head ``q . (W_k h_s + b_k)`` is
+    ``(W_k^T q) . h_s`` plus a constant the softmax cancels, and the values'
+    projection commutes with the attention average (weights sum to 1).
+    """
+    attn = layer.self_attn
+    n, _, width = h.shape
+    heads, head_dim = attn.num_heads, attn.head_dim
+    rows = torch.arange(n, device=h.device)
+    x = h[rows, position]  # [N, W]
+    normed = layer.layer_norm1(h)  # [N, S, W]
+    q = attn.q_proj(normed[rows, position]).view(n, heads, head_dim)
+    w_k = attn.k_proj.weight.view(heads, head_dim, width)
+    w_v = attn.v_proj.weight.view(heads, head_dim, width)
+    q_in = torch.einsum('nhd,hdw->nhw', q, w_k)  # [N, H, W]
+    # The key bias adds the same q . b_k to every key: no effect on the
+    # softmax, kept so the parameter stays in the graph (DDP expects every
+    # parameter to be used) with the gradient it has in the full layer.
+    key_shift = (q * attn.k_proj.bias.view(heads, head_dim)).sum(-1)  # [N, H]
+    logits = (torch.einsum('nhw,nsw->nhs', q_in, normed)
+              + key_shift[..., None]) * attn.scale
+    if key_bias is not None:
+        logits = logits + key_bias[:, None]
+    weights = torch.softmax(logits, dim=-1)  # [N, H, S]
+    mixed = torch.einsum('nhs,nsw->nhw', weights, normed)  # [N, H, W]
+    out = torch.einsum('nhw,hdw->nhd', mixed, w_v) + attn.v_proj.bias.view(
+        heads, head_dim)  # [N, H, d]
+    x = x + attn.out_proj(out.reshape(n, width))
+    return x + layer.mlp(layer.layer_norm2(x))
+
+
 @MODELS.register_module()
 class CLIPBackbone(BaseModule):
     """CLIP's two towers, encoding captions and video frames.
@@ -138,30 +176,59 @@ class CLIPBackbone(BaseModule):
 
         The feature is read at ``argmax(ids)`` (CLIP's end-of-text token has
         the largest id), as the original code does, whatever
-        ``eos_token_id`` the Hugging Face config holds.
+        ``eos_token_id`` the Hugging Face config holds. Padding after the
+        batch's longest caption is cut first: the causal mask keeps every
+        token from seeing later ones, so the features are unchanged and the
+        cost follows the captions' length, not the context length.
         """
-        out = self.clip.text_model(input_ids=input_ids,
-                                   attention_mask=attention_mask)
-        hidden = out.last_hidden_state  # [N, L, W], after ln_final
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        eot = hidden[rows, input_ids.argmax(dim=-1)]  # [N, W]
-        return self.clip.text_projection(eot)
+        if attention_mask is not None and input_ids.shape[1] > 1:
+            length = int(attention_mask.sum(dim=1).max())
+            keep = max(length, int(input_ids.argmax(dim=-1).max()) + 1)
+            input_ids = input_ids[:, :keep]
+            attention_mask = attention_mask[:, :keep]
+        text = self.clip.text_model
+        h = text.embeddings(input_ids=input_ids)  # [N, L, W]
+        length = h.shape[1]
+        # Causal mask only: padding follows the end token, so no token that
+        # is read ever sees it.
+        causal = torch.full((length, length), float('-inf'), dtype=h.dtype,
+                            device=h.device).triu_(1)[None, None]
+        layers = text.encoder.layers
+        for layer in layers[:-1]:
+            h = layer(h, causal)
+        eot = input_ids.argmax(dim=-1)  # [N]
+        keys = torch.arange(length, device=h.device)
+        key_bias = torch.zeros(h.shape[0], length, dtype=h.dtype,
+                               device=h.device).masked_fill_(
+                                   keys[None] > eot[:, None], float('-inf'))
+        feat = one_token_layer(layers[-1], h, eot, key_bias)  # [N, W]
+        return self.clip.text_projection(text.final_layer_norm(feat))
 
     def encode_images(self, images: Tensor) -> Tensor:
         """[N, 3, H, W] normalised images -> [N, D] projected CLS features."""
-        out = self.clip.vision_model(pixel_values=images)
-        return self.clip.visual_projection(out.pooler_output)
+        vision = self.clip.vision_model
+        return self._encode_vision_tokens(vision.embeddings(images))
 
     def encode_patch_tokens(self, tokens: Tensor) -> Tensor:
         """[N, P, W] patch tokens (patch conv output) -> [N, D] features:
         the rest of CLIP's image tower after the patch conv."""
-        vision = self.clip.vision_model
-        emb = vision.embeddings
+        emb = self.clip.vision_model.embeddings
         cls = emb.class_embedding.expand(tokens.shape[0], 1, -1)
         h = torch.cat([cls, tokens], dim=1)  # [N, 1 + P, W]
-        h = vision.pre_layrnorm(h + emb.position_embedding(emb.position_ids))
-        h = vision.encoder(inputs_embeds=h).last_hidden_state
-        return self.clip.visual_projection(vision.post_layernorm(h[:, 0]))
+        return self._encode_vision_tokens(
+            h + emb.position_embedding(emb.position_ids))
+
+    def _encode_vision_tokens(self, h: Tensor) -> Tensor:
+        """[N, 1 + P, W] embedded tokens -> [N, D] projected CLS features;
+        the last block computes the CLS token only."""
+        vision = self.clip.vision_model
+        h = vision.pre_layrnorm(h)
+        layers = vision.encoder.layers
+        for layer in layers[:-1]:
+            h = layer(h, None)
+        cls = one_token_layer(layers[-1], h,
+                              h.new_zeros(h.shape[0], dtype=torch.long))
+        return self.clip.visual_projection(vision.post_layernorm(cls))
 
     def patch_tokens_3d(self, frames: Tensor) -> Tensor:
         """[B, T, 3, H, W] -> [B, T, P, W] patch tokens of the 3-D conv; the
