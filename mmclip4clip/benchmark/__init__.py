@@ -1,0 +1,17 @@
+"""The performance benchmark (``tools/analysis_tools/benchmark.py``)."""
+from .data_pipeline import data_pipeline
+from .measure import count_flops, matmul_peak_flops, median_seconds, peak_memory
+from .sections import (
+    loose_scoring,
+    retrieval_metrics,
+    text_encoding,
+    tight_scoring,
+    training_step,
+    video_encoding,
+)
+
+__all__ = [
+    'count_flops', 'data_pipeline', 'loose_scoring', 'matmul_peak_flops',
+    'median_seconds', 'peak_memory', 'retrieval_metrics', 'text_encoding',
+    'tight_scoring', 'training_step', 'video_encoding'
+]

@@ -1,0 +1,95 @@
+"""Measure the costs of text-video retrieval on this machine.
+
+    python tools/analysis_tools/benchmark.py --out result.json \
+        [--device cpu|cuda] [--quick] [--sections video text ...] \
+        [--tight-large] [--work-dir DIR]
+
+Sections (medians over repeats after warm-up; ViT-B/32 shapes, 12 frames,
+random weights): ``matmul`` (the machine's fp32 matrix-product peak),
+``video`` (videos/s, batch 1/4/16, and the fraction of that peak),
+``text`` (64 captions of 32 tokens), ``train`` (one meanP / seqTransf step,
+batch 4), ``data`` (decode + sample + resize, 0/1/2 workers, vs OpenCV
+seeking), ``loose`` (1000 x 1000 scores from frame features per head),
+``metrics`` (exact ranks, N = 1k..100k, time and peak memory), ``tight``
+(tightTransf 100 x 100 pairs at two chunk sizes; ``--tight-large`` adds
+1000 x 1000). ``--quick`` shrinks every size (about a minute on a CPU; its
+figures are not the benchmark's). Prints each section as it finishes and
+writes all of them to ``--out``.
+"""
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from mmengine.registry import init_default_scope
+
+from mmclip4clip import benchmark
+
+SECTIONS = ('matmul', 'video', 'text', 'train', 'data', 'loose', 'metrics',
+            'tight')
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--out', required=True, help='result JSON file')
+    parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda'))
+    parser.add_argument('--quick', action='store_true',
+                        help='small sizes, to check that it runs')
+    parser.add_argument('--sections', nargs='+', choices=SECTIONS,
+                        default=list(SECTIONS))
+    parser.add_argument('--tight-large', action='store_true',
+                        help='also score 1000 x 1000 tightTransf pairs '
+                        '(about 15 minutes on 2 CPU cores)')
+    parser.add_argument('--work-dir', help='where the generated clips go '
+                        '(default: a temporary directory)')
+    return parser.parse_args()
+
+
+def machine(device: torch.device) -> dict:
+    info = dict(platform=platform.platform(), processor=platform.processor(),
+                torch=torch.__version__, threads=torch.get_num_threads(),
+                device=str(device))
+    if device.type == 'cuda':
+        info['gpu'] = torch.cuda.get_device_name(device)
+    return info
+
+
+def main() -> None:
+    args = parse_args()
+    init_default_scope('mmclip4clip')
+    device = torch.device(args.device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise SystemExit('--device cuda, but CUDA is not available')
+    result = dict(machine=machine(device), quick=args.quick)
+    peak = benchmark.matmul_peak_flops(device,
+                                       size=2048 if args.quick else 4096)
+    result['matmul'] = dict(fp32_flops_per_s=peak)
+    print(f'matmul: {peak / 1e9:.1f} GFLOP/s (fp32)', flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work_dir = Path(args.work_dir or tmp)
+        runs = dict(
+            video=lambda: benchmark.video_encoding(device, peak, args.quick),
+            text=lambda: benchmark.text_encoding(device, peak, args.quick),
+            train=lambda: benchmark.training_step(device, args.quick),
+            data=lambda: benchmark.data_pipeline(work_dir, args.quick),
+            loose=lambda: benchmark.loose_scoring(device, args.quick),
+            metrics=lambda: benchmark.retrieval_metrics(device, args.quick),
+            tight=lambda: benchmark.tight_scoring(device, args.quick,
+                                                  args.tight_large))
+        for name in SECTIONS[1:]:
+            if name not in args.sections:
+                continue
+            start = time.perf_counter()
+            result[name] = runs[name]()
+            result[name]['section_seconds'] = time.perf_counter() - start
+            print(f'{name}: ' + json.dumps(result[name]), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + '\n')
+    print(f'wrote {args.out}')
+
+
+if __name__ == '__main__':
+    main()
