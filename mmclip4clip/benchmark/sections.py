@@ -166,7 +166,7 @@ def tight_scoring(device: torch.device, quick: bool = False,
         text = torch.randn(num, EMBED_DIM, device=device)
         frames = torch.randn(num, FRAMES, EMBED_DIM, device=device)
         mask = torch.ones(num, FRAMES, device=device)
-        for chunk in (256, 4096):
+        for chunk in (128, 2048):
             run = partial(head.pair_logits, text, frames, mask, chunk)
             with torch.no_grad():
                 head.pair_logits(text[:2], frames[:2], mask[:2], chunk)
