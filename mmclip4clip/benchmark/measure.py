@@ -5,10 +5,12 @@ synchronised around each run. Peak memory is what a piece of work adds on
 top of what the process already held: on CUDA the allocator's peak, on the
 CPU the process's resident-set high-water mark (``VmHWM``), which Linux lets
 a process reset (``/proc/self/clear_refs``), so each measurement starts from
-the memory held at its start.
+the memory held at its start (after handing freed heap memory back to the
+system, so memory the work reuses from earlier work counts too).
 """
 from __future__ import annotations
 
+import ctypes
 import statistics
 import time
 from collections.abc import Callable
@@ -69,6 +71,8 @@ def peak_memory(device: torch.device):
         synchronize(device)
         peak.mib = (torch.cuda.max_memory_allocated(device) - base) / 2**20
         return
+    # Hand freed heap memory back first, so reused memory counts too.
+    ctypes.CDLL('libc.so.6').malloc_trim(0)
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')  # reset VmHWM to the current resident set size
     base = _status_kib('VmRSS')

@@ -60,6 +60,12 @@ def _check_finite(scores: Tensor | EmbeddingScores) -> None:
             f'query {col}) contains NaN/inf')
 
 
+def _count(mask: Tensor, dim: int) -> Tensor:
+    """True entries along ``dim``; int32 sums are several times faster than
+    the default int64 ones on the CPU (a tile's count fits easily)."""
+    return mask.sum(dim=dim, dtype=torch.int32).long()
+
+
 def _segment_any(beats: Tensor, segment: Tensor, num_segments: int) -> Tensor:
     """[B, C] bool rows grouped by ``segment`` [B] -> [S, C]: any per group."""
     if num_segments == beats.shape[0]:  # one row per group
@@ -100,7 +106,7 @@ def _ranks(scores: Tensor | EmbeddingScores, index: Tensor,
                                 device=device)
             block = score_tile(scores, rows, 0, num_videos)  # [B, M]
             gt = block[torch.arange(len(rows), device=device), index[rows]]
-            above_gt[rows] = (block > gt[:, None]).sum(dim=1)
+            above_gt[rows] = _count(block > gt[:, None], 1)
         return 1 + above_gt, None
 
     captions_per_video = torch.bincount(index, minlength=num_videos)
@@ -135,25 +141,23 @@ def _ranks(scores: Tensor | EmbeddingScores, index: Tensor,
         block_gt = tile[torch.arange(len(rows), device=device),
                         index[rows] - first]
         gt[rows] = block_gt
-        above_gt[rows] += (tile > block_gt[:, None]).sum(dim=1)
+        above_gt[rows] += _count(tile > block_gt[:, None], 1)
         own[first:last + 1] = block_gt.new_full(
             (last - first + 1, ), float('-inf')).scatter_reduce_(
                 0, segment, block_gt, reduce='amax')
         # Video k outranks video query j when any caption of k scores above
         # own[j]; k = j never does.
-        beaten[first:last + 1] += _segment_any(
-            tile > own[None, first:last + 1], segment,
-            last - first + 1).sum(dim=0)
+        beaten[first:last + 1] += _count(_segment_any(
+            tile > own[None, first:last + 1], segment, last - first + 1), 0)
     for (start, stop), segment in zip(bounds, segments, strict=True):
         rows = order[start:stop]  # phase 2: all other columns, in tiles
         first, last = int(sorted_index[start]), int(sorted_index[stop - 1])
         block_gt = gt[rows, None]
         for lo, hi in _column_tiles(num_videos, first, last + 1):
             tile = score_tile(scores, rows, lo, hi)  # [B, C]
-            above_gt[rows] += (tile > block_gt).sum(dim=1)
-            beaten[lo:hi] += _segment_any(
-                tile > own[None, lo:hi], segment,
-                last - first + 1).sum(dim=0)
+            above_gt[rows] += _count(tile > block_gt, 1)
+            beaten[lo:hi] += _count(_segment_any(
+                tile > own[None, lo:hi], segment, last - first + 1), 0)
     return 1 + above_gt, 1 + beaten
 
 
