@@ -52,12 +52,14 @@ def _check_finite(scores: Tensor | EmbeddingScores) -> None:
                 raise ValueError(f'{name} embedding {i} contains NaN/inf, so '
                                  f'its scores (query {i}) would too')
         return
-    bad = ~torch.isfinite(scores)
-    if bool(bad.any()):
-        row, col = bad.nonzero()[0].tolist()
-        raise ValueError(
-            f'score matrix row {row} (query {row}), column {col} (video '
-            f'query {col}) contains NaN/inf')
+    for start in range(0, scores.shape[0], BLOCK_ROWS):  # bounded memory
+        bad = ~torch.isfinite(scores[start:start + BLOCK_ROWS])
+        if bool(bad.any()):
+            row, col = bad.nonzero()[0].tolist()
+            row += start
+            raise ValueError(
+                f'score matrix row {row} (query {row}), column {col} (video '
+                f'query {col}) contains NaN/inf')
 
 
 def _count(mask: Tensor, dim: int) -> Tensor:
