@@ -62,20 +62,28 @@ def _check_finite(scores: Tensor | EmbeddingScores) -> None:
                 f'query {col}) contains NaN/inf')
 
 
-def _count(mask: Tensor, dim: int) -> Tensor:
-    """True entries along ``dim``; int32 sums are several times faster than
-    the default int64 ones on the CPU (a tile's count fits easily)."""
-    return mask.sum(dim=dim, dtype=torch.int32).long()
+def _count_above(scores: Tensor, threshold: Tensor, dim: int) -> Tensor:
+    """Number of scores strictly above ``threshold`` along ``dim`` (long).
+
+    ``(x - t) > 0`` exactly when ``x > t`` for finite floats (a difference
+    of two floats is zero only when they are equal), and as an in-place
+    float 0/1 mask it sums several times faster on the CPU than a boolean
+    mask does.
+    """
+    return (scores - threshold).gt_(0).sum(dim=dim, dtype=torch.float32).long()
 
 
-def _segment_any(beats: Tensor, segment: Tensor, num_segments: int) -> Tensor:
-    """[B, C] bool rows grouped by ``segment`` [B] -> [S, C]: any per group."""
-    if num_segments == beats.shape[0]:  # one row per group
-        return beats
-    hits = torch.zeros(num_segments, beats.shape[1], dtype=torch.int32,
-                       device=beats.device)
-    hits.index_add_(0, segment, beats.to(torch.int32))
-    return hits > 0
+def _beaten(tile: Tensor, own: Tensor, segment: Tensor,
+            num_segments: int) -> Tensor:
+    """For each column j of ``tile`` (caption rows of ``num_segments``
+    videos, row -> video ``segment``), how many of those videos have a
+    caption scoring above ``own[j]``: [C] long."""
+    if num_segments == tile.shape[0]:  # one caption per video
+        return _count_above(tile, own[None], 0)
+    hits = torch.zeros(num_segments, tile.shape[1], dtype=torch.int32,
+                       device=tile.device)
+    hits.index_add_(0, segment, (tile > own[None]).to(torch.int32))
+    return (hits > 0).sum(dim=0)
 
 
 def _ranks(scores: Tensor | EmbeddingScores, index: Tensor,
@@ -108,7 +116,7 @@ def _ranks(scores: Tensor | EmbeddingScores, index: Tensor,
                                 device=device)
             block = score_tile(scores, rows, 0, num_videos)  # [B, M]
             gt = block[torch.arange(len(rows), device=device), index[rows]]
-            above_gt[rows] = _count(block > gt[:, None], 1)
+            above_gt[rows] = _count_above(block, gt[:, None], 1)
         return 1 + above_gt, None
 
     captions_per_video = torch.bincount(index, minlength=num_videos)
@@ -143,23 +151,23 @@ def _ranks(scores: Tensor | EmbeddingScores, index: Tensor,
         block_gt = tile[torch.arange(len(rows), device=device),
                         index[rows] - first]
         gt[rows] = block_gt
-        above_gt[rows] += _count(tile > block_gt[:, None], 1)
+        above_gt[rows] += _count_above(tile, block_gt[:, None], 1)
         own[first:last + 1] = block_gt.new_full(
             (last - first + 1, ), float('-inf')).scatter_reduce_(
                 0, segment, block_gt, reduce='amax')
         # Video k outranks video query j when any caption of k scores above
         # own[j]; k = j never does.
-        beaten[first:last + 1] += _count(_segment_any(
-            tile > own[None, first:last + 1], segment, last - first + 1), 0)
+        beaten[first:last + 1] += _beaten(tile, own[first:last + 1], segment,
+                                          last - first + 1)
     for (start, stop), segment in zip(bounds, segments, strict=True):
         rows = order[start:stop]  # phase 2: all other columns, in tiles
         first, last = int(sorted_index[start]), int(sorted_index[stop - 1])
         block_gt = gt[rows, None]
         for lo, hi in _column_tiles(num_videos, first, last + 1):
             tile = score_tile(scores, rows, lo, hi)  # [B, C]
-            above_gt[rows] += _count(tile > block_gt, 1)
-            beaten[lo:hi] += _count(_segment_any(
-                tile > own[None, lo:hi], segment, last - first + 1), 0)
+            above_gt[rows] += _count_above(tile, block_gt, 1)
+            beaten[lo:hi] += _beaten(tile, own[lo:hi], segment,
+                                     last - first + 1)
     return 1 + above_gt, 1 + beaten
 
 

@@ -93,3 +93,13 @@ def test_metric_accepts_embedding_scores_and_dumps_the_matrix(tmp_path):
     with open(dump, 'rb') as f:
         payload = pickle.load(f)
     assert payload['scores'].shape == (len(index), 10)
+
+
+def test_counts_above_2048_are_exact_in_half_precision():
+    # 3000 candidates above the ground truth in one row: float16 cannot
+    # hold 3000 exactly, the counts must not be summed in it.
+    scores = torch.zeros(2, 3001, dtype=torch.float16)
+    scores[0, 1:] = 1.0
+    index = torch.tensor([0, 1])
+    scores[1, 1] = 2.0
+    assert t2v_ranks(scores, index).tolist() == [3001, 1]
