@@ -93,6 +93,10 @@ def test_metric_accepts_embedding_scores_and_dumps_the_matrix(tmp_path):
     with open(dump, 'rb') as f:
         payload = pickle.load(f)
     assert payload['scores'].shape == (len(index), 10)
+    # The dumped ranks are those of the dumped matrix.
+    dumped = torch.from_numpy(payload['scores'])
+    assert payload['t2v_ranks'].tolist() == brute_t2v(dumped, index)
+    assert payload['v2t_ranks'].tolist() == brute_v2t(dumped, index)
 
 
 def test_counts_above_2048_are_exact_in_half_precision():

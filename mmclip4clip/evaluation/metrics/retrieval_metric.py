@@ -157,10 +157,13 @@ class RetrievalMetric(BaseMetric):
         index = result['text_video_index']  # [N]
 
         bs = self.block_size
+        if (self.dump_file is not None or self.dsl_tau is not None
+                or self.qb_beta is not None):
+            # These need the whole matrix; rank that same matrix, so the
+            # dumped ranks are exactly those of the dumped scores.
+            scores = full_scores(scores)
         ranks = dict(zip(('t2v_ranks', 'v2t_ranks'),
                          retrieval_ranks(scores, index, bs), strict=True))
-        if self.dsl_tau is not None or self.qb_beta is not None:
-            scores = full_scores(scores)
         metrics = _both_directions(ranks['t2v_ranks'], ranks['v2t_ranks'])
         if self.dsl_tau is not None:
             # Reported next to the plain metrics, never instead of them.
@@ -186,15 +189,14 @@ class RetrievalMetric(BaseMetric):
             metrics.update({f'qb/{key}': value for key, value in qb.items()})
 
         if self.dump_file is not None:
-            self._dump(result, ranks, metrics)
+            self._dump(dict(result, scores=scores), ranks, metrics)
         return metrics
 
     def _dump(self, result: dict, ranks: dict[str, Tensor],
               metrics: dict[str, float]) -> None:
         """Pickle via a temp file and rename, so no half-written file remains."""
         payload = {
-            # float32 [N, M]
-            'scores': full_scores(result['scores']).float().cpu().numpy(),
+            'scores': result['scores'].float().cpu().numpy(),  # float32 [N, M]
             'video_ids': result['video_ids'],
             'captions': result['captions'],
             'text_video_index': result['text_video_index'].cpu().numpy(),  # [N]
