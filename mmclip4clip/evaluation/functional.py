@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .scores import EmbeddingScores, score_tile
+from .scores import EmbeddingScores, row_tiles, score_tile
 
 # Default tile of the score matrix ranked at once: caption rows x columns.
 BLOCK_ROWS = 2048
@@ -163,8 +163,9 @@ def _ranks(scores: Tensor | EmbeddingScores, index: Tensor,
         rows = order[start:stop]  # phase 2: all other columns, in tiles
         first, last = int(sorted_index[start]), int(sorted_index[stop - 1])
         block_gt = gt[rows, None]
+        tiles = row_tiles(scores, rows)
         for lo, hi in _column_tiles(num_videos, first, last + 1):
-            tile = score_tile(scores, rows, lo, hi)  # [B, C]
+            tile = tiles(lo, hi)  # [B, C]
             above_gt[rows] += _count_above(tile, block_gt, 1)
             beaten[lo:hi] += _beaten(tile, own[lo:hi], segment,
                                      last - first + 1)

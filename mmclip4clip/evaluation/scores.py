@@ -8,6 +8,8 @@ tensor is accepted (``shape``, ``rows``, ``full``).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -70,9 +72,17 @@ def score_tile(scores: Tensor | EmbeddingScores, rows: Tensor, start: int,
                stop: int) -> Tensor:
     """Rows ``rows``, columns ``start:stop`` of a score tensor or
     :class:`EmbeddingScores`."""
+    return row_tiles(scores, rows)(start, stop)
+
+
+def row_tiles(scores: Tensor | EmbeddingScores,
+              rows: Tensor) -> Callable[[int, int], Tensor]:
+    """``(start, stop) -> scores[rows, start:stop]`` for one block of rows;
+    the rows' text embeddings are gathered once for all its tiles."""
     if isinstance(scores, EmbeddingScores):
-        return scores.tile(rows, start, stop)
-    return scores[:, start:stop][rows]
+        text = scores.text[rows]  # [B, D]
+        return lambda start, stop: text @ scores.video[start:stop].T
+    return lambda start, stop: scores[:, start:stop][rows]
 
 
 def full_scores(scores: Tensor | EmbeddingScores) -> Tensor:
