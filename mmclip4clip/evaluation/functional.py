@@ -16,8 +16,8 @@ from torch import Tensor
 from .scores import EmbeddingScores, row_tiles, score_tile
 
 # Default tile of the score matrix ranked at once: caption rows x columns.
-BLOCK_ROWS = 2048
-TILE_COLUMNS = 2048
+BLOCK_ROWS = 1024
+TILE_COLUMNS = 1024
 
 
 def _check_scores(scores) -> None:
@@ -98,7 +98,7 @@ def _ranks(scores: Tensor | EmbeddingScores, index: Tensor,
     ``own[j] = max over j's captions of S[c, j]``; phase 2 computes the
     other columns in tiles and counts the scores above them. Every score is
     computed exactly once, so the ranks are exactly those of the matrix the
-    tiles make up, and a tile never outgrows ``block_size x 2048`` floats.
+    tiles make up, and a tile never outgrows ``block_size x 1024`` floats.
     """
     _check_scores(scores)
     num_texts, num_videos = scores.shape
@@ -192,7 +192,7 @@ def retrieval_ranks(scores: Tensor | EmbeddingScores, text_video_index: Tensor,
             an :class:`EmbeddingScores` computed block by block.
         text_video_index: [N_text] column of each caption's video.
         block_size: caption rows compared at once (rounded up to whole
-            videos), against at most 2048 columns at a time; default 2048.
+            videos), against at most 1024 columns at a time; default 1024.
 
     Returns:
         t2v ranks [N_text] (``1 + #{j : S[i, j] > S[i, gt_i]}``) and v2t
