@@ -17,6 +17,7 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 from transformers import CLIPConfig, CLIPModel
 
+from mmclip4clip.models.one_query_attention import one_query_attention
 from mmclip4clip.registry import MODELS
 
 
@@ -71,39 +72,26 @@ def is_frozen(name: str, freeze_layer_num: int) -> bool:
 
 def one_token_layer(layer: nn.Module, h: Tensor, position: Tensor,
                     key_bias: Tensor | None = None) -> Tensor:
-    """One token's output of a Hugging Face ``CLIPEncoderLayer``.
+    """One token's output of a Hugging Face ``CLIPEncoderLayer``: [N, S, W]
+    input, [N] position of the token in each row and an optional additive
+    key bias [N, S] -> [N, W].
 
-    [N, S, W] input, [N] position of the token to compute in each row and an
-    optional additive key bias [N, S] -> [N, W]. The towers' last block only
-    has to produce the token that is read (CLS, end of text), so the other
-    tokens' queries, outputs and MLPs are skipped, and their keys and values
-    are never projected: per head ``q . (W_k h_s + b_k)`` is
-    ``(W_k^T q) . h_s`` plus a constant the softmax cancels, and the values'
-    projection commutes with the attention average (weights sum to 1).
+    The towers' last block only has to produce the token that is read (CLS,
+    end of text): the other tokens' queries, outputs and MLPs are skipped
+    and their keys and values never projected (:func:`one_query_attention`).
     """
     attn = layer.self_attn
     n, _, width = h.shape
     heads, head_dim = attn.num_heads, attn.head_dim
     rows = torch.arange(n, device=h.device)
-    x = h[rows, position]  # [N, W]
     normed = layer.layer_norm1(h)  # [N, S, W]
     q = attn.q_proj(normed[rows, position]).view(n, heads, head_dim)
-    w_k = attn.k_proj.weight.view(heads, head_dim, width)
-    w_v = attn.v_proj.weight.view(heads, head_dim, width)
-    q_in = torch.einsum('nhd,hdw->nhw', q, w_k)  # [N, H, W]
-    # The key bias adds the same q . b_k to every key: no effect on the
-    # softmax, kept so the parameter stays in the graph (DDP expects every
-    # parameter to be used) with the gradient it has in the full layer.
-    key_shift = (q * attn.k_proj.bias.view(heads, head_dim)).sum(-1)  # [N, H]
-    logits = (torch.einsum('nhw,nsw->nhs', q_in, normed)
-              + key_shift[..., None]) * attn.scale
-    if key_bias is not None:
-        logits = logits + key_bias[:, None]
-    weights = torch.softmax(logits, dim=-1)  # [N, H, S]
-    mixed = torch.einsum('nhs,nsw->nhw', weights, normed)  # [N, H, W]
-    out = torch.einsum('nhw,hdw->nhd', mixed, w_v) + attn.v_proj.bias.view(
-        heads, head_dim)  # [N, H, d]
-    x = x + attn.out_proj(out.reshape(n, width))
+    out = one_query_attention(
+        q, normed, attn.k_proj.weight.view(heads, head_dim, width),
+        attn.k_proj.bias.view(heads, head_dim),
+        attn.v_proj.weight.view(heads, head_dim, width),
+        attn.v_proj.bias.view(heads, head_dim), attn.scale, key_bias)
+    x = h[rows, position] + attn.out_proj(out.reshape(n, width))  # [N, W]
     return x + layer.mlp(layer.layer_norm2(x))
 
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmclip4clip.models.one_query_attention import one_query_attention
 from mmclip4clip.registry import MODELS
 
 from .cross_blocks import (
@@ -186,26 +187,17 @@ def _block_forward(block: nn.Module, x: Tensor, bias: Tensor,
 
 
 def _first_token_block(block: nn.Module, x: Tensor, bias: Tensor) -> Tensor:
-    """Token 0's output of a block ([P, S, D] -> [P, 1, D]) without
-    projecting the other tokens' keys and values.
-
-    Per head, ``q . (W_k h_s + b_k) = (W_k^T q) . h_s + const``, and the
-    constant cancels in the softmax; the values' projection commutes with
-    the attention average (its weights sum to 1):
-    ``sum_s a_s (W_v h_s + b_v) = W_v (sum_s a_s h_s) + b_v``. So one
-    query's projections replace S keys' and values'.
-    """
+    """Token 0's output of a block ([P, S, D] + key bias [P, 1, 1, S] ->
+    [P, 1, D]) without projecting the other tokens' keys and values
+    (:func:`one_query_attention`)."""
     attn = block.attn
     heads, width = attn.num_heads, x.shape[-1]
     head_dim = width // heads
     w_q, w_k, w_v = attn.in_proj_weight.view(3, heads, head_dim, width)
-    b_q, _, b_v = attn.in_proj_bias.view(3, heads, head_dim)
+    b_q, b_k, b_v = attn.in_proj_bias.view(3, heads, head_dim)
     h = block.ln_1(x)  # [P, S, D]
     q = torch.einsum('pD,hdD->phd', h[:, 0], w_q) + b_q  # [P, H, d]
-    q_in = torch.einsum('phd,hdD->phD', q, w_k)  # [P, H, D]
-    logits = torch.einsum('phD,psD->phs', q_in, h) / head_dim**0.5
-    weights = torch.softmax(logits + bias[:, 0], dim=-1)  # [P, H, S]
-    mixed = torch.einsum('phs,psD->phD', weights, h)  # [P, H, D]
-    out = torch.einsum('phD,hdD->phd', mixed, w_v) + b_v  # [P, H, d]
+    out = one_query_attention(q, h, w_k, b_k, w_v, b_v, head_dim**-0.5,
+                              bias[:, 0, 0])  # [P, H, d]
     x = x[:, :1] + attn.out_proj(out.flatten(1))[:, None]
     return x + block.mlp(block.ln_2(x))
