@@ -20,7 +20,7 @@ BLOCK_ROWS = 1024
 TILE_COLUMNS = 1024
 
 
-def _check_scores(scores) -> None:
+def _check_scores(scores: Tensor | EmbeddingScores) -> None:
     if scores.dim() != 2:
         raise ValueError(
             f'scores must be a 2-d [N_text, M_video] tensor, got shape '
@@ -199,8 +199,7 @@ def retrieval_ranks(scores: Tensor | EmbeddingScores, text_video_index: Tensor,
         ranks [M_video] (``1 + #{k : V[j, k] > V[j, j]}`` with
         ``V[j, k] = max over captions c of video k of S[c, j]``), long.
     """
-    t2v, v2t = _ranks(scores, text_video_index, block_size, True)
-    return t2v, v2t
+    return _ranks(scores, text_video_index, block_size, True)
 
 
 def t2v_ranks(scores: Tensor | EmbeddingScores, gt: Tensor,
