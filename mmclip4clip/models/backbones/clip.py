@@ -16,8 +16,10 @@ import torch
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 from transformers import CLIPConfig, CLIPModel
+from transformers.activations import QuickGELUActivation
 
 from mmclip4clip.models.one_query_attention import one_query_attention
+from mmclip4clip.models.quick_gelu import quick_gelu_mlp
 from mmclip4clip.registry import MODELS
 
 
@@ -70,6 +72,23 @@ def is_frozen(name: str, freeze_layer_num: int) -> bool:
     return True
 
 
+def clip_mlp(mlp: nn.Module, x: Tensor) -> Tensor:
+    """A Hugging Face ``CLIPMLP``; QuickGELU ones with one fused activation
+    (:func:`quick_gelu_mlp`)."""
+    if isinstance(mlp.activation_fn, QuickGELUActivation):
+        return quick_gelu_mlp(x, mlp.fc1, mlp.fc2)
+    return mlp(x)
+
+
+def clip_layer(layer: nn.Module, h: Tensor,
+               attention_mask: Tensor | None) -> Tensor:
+    """A Hugging Face ``CLIPEncoderLayer`` (pre-LN attention and MLP, each
+    added to its input) with :func:`clip_mlp`."""
+    x = h + layer.self_attn(layer.layer_norm1(h),
+                            attention_mask=attention_mask)[0]
+    return x + clip_mlp(layer.mlp, layer.layer_norm2(x))
+
+
 def one_token_layer(layer: nn.Module, h: Tensor, position: Tensor,
                     key_bias: Tensor | None = None) -> Tensor:
     """One token's output of a Hugging Face ``CLIPEncoderLayer``: [N, S, W]
@@ -92,7 +111,7 @@ def one_token_layer(layer: nn.Module, h: Tensor, position: Tensor,
         attn.v_proj.weight.view(heads, head_dim, width),
         attn.v_proj.bias.view(heads, head_dim), attn.scale, key_bias)
     x = h[rows, position] + attn.out_proj(out.reshape(n, width))  # [N, W]
-    return x + layer.mlp(layer.layer_norm2(x))
+    return x + clip_mlp(layer.mlp, layer.layer_norm2(x))
 
 
 @MODELS.register_module()
@@ -183,7 +202,7 @@ class CLIPBackbone(BaseModule):
                             device=h.device).triu_(1)[None, None]
         layers = text.encoder.layers
         for layer in layers[:-1]:
-            h = layer(h, causal)
+            h = clip_layer(layer, h, causal)
         eot = input_ids.argmax(dim=-1)  # [N]
         keys = torch.arange(length, device=h.device)
         key_bias = torch.zeros(h.shape[0], length, dtype=h.dtype,
@@ -213,7 +232,7 @@ class CLIPBackbone(BaseModule):
         h = vision.pre_layrnorm(h)
         layers = vision.encoder.layers
         for layer in layers[:-1]:
-            h = layer(h, None)
+            h = clip_layer(layer, h, None)
         cls = one_token_layer(layers[-1], h,
                               h.new_zeros(h.shape[0], dtype=torch.long))
         return self.clip.visual_projection(vision.post_layernorm(cls))

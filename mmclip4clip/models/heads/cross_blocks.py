@@ -12,8 +12,9 @@ from __future__ import annotations
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from mmclip4clip.models.quick_gelu import quick_gelu_mlp
 
 # The original cross modules' LayerNorm eps (CLIP's own blocks use 1e-5).
 CROSS_LN_EPS = 1e-12
@@ -29,14 +30,8 @@ class QuickGELU(nn.Module):
 
 
 class QuickGELUMLP(nn.Module):
-    """``c_proj(QuickGELU(c_fc(x)))``, the 4x MLP of CLIP's blocks.
-
-    Computed as ``c_proj'(silu(c_fc'(x)))`` with the 1.702 folded into the
-    weights (``c_fc' = 1.702 c_fc``, ``c_proj' = c_proj / 1.702``), the same
-    function since ``x sigmoid(1.702 x) = silu(1.702 x) / 1.702``: one fused
-    activation pass over the widest activation instead of three. The
-    parameters stay those of ``c_fc`` and ``c_proj``.
-    """
+    """``c_proj(QuickGELU(c_fc(x)))``, the 4x MLP of CLIP's blocks, computed
+    with one fused activation (:func:`quick_gelu_mlp`)."""
 
     def __init__(self, width: int, hidden: int) -> None:
         super().__init__()
@@ -44,9 +39,7 @@ class QuickGELUMLP(nn.Module):
         self.c_proj = nn.Linear(hidden, width)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = F.linear(x, self.c_fc.weight * 1.702, self.c_fc.bias * 1.702)
-        h = F.silu(h, inplace=not torch.is_grad_enabled())
-        return F.linear(h, self.c_proj.weight / 1.702, self.c_proj.bias)
+        return quick_gelu_mlp(x, self.c_fc, self.c_proj)
 
 
 class ResidualAttentionBlock(nn.Module):
