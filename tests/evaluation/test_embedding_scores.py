@@ -64,7 +64,7 @@ def test_tiles_cover_every_column_once(monkeypatch):
     # Small tiles, so phase 2 walks several of them on both sides of the
     # block's own columns.
     import mmclip4clip.evaluation.functional as functional
-    monkeypatch.setattr(functional, 'TILE_COLUMNS', 3)
+    monkeypatch.setitem(functional.TILE_SIZES, 'cpu', (1024, 3))
     index = uneven_shuffled_index(17, 5)
     text = integer_embeddings(len(index), 5, 5)
     video = integer_embeddings(17, 5, 6)
