@@ -98,8 +98,10 @@ class VideoFileDataset(Dataset):
         return sample
 
 
-def _collate(batch: list[dict]) -> list[dict]:
-    return batch  # stacked after dropping the failed files
+def collate_as_list(batch: list[dict]) -> list[dict]:
+    """Keep a batch as the list of samples (stacked after dropping the
+    failed files)."""
+    return batch
 
 
 @torch.no_grad()
@@ -122,7 +124,7 @@ def encode_videos(
     _check_loose(model)
     dataset = VideoFileDataset(paths, video_pipeline_cfg(cfg))
     loader = DataLoader(dataset, batch_size=batch_size,
-                        num_workers=num_workers, collate_fn=_collate)
+                        num_workers=num_workers, collate_fn=collate_as_list)
     info: list[dict] = [None] * len(dataset)  # type: ignore[list-item]
     chunks: list[np.ndarray] = []
     done = 0
@@ -193,7 +195,7 @@ def tight_scores(model: torch.nn.Module, cfg: Config, query: str,
                              torch.from_numpy(mask).to(device))  # [1, D]
     dataset = VideoFileDataset(paths, video_pipeline_cfg(cfg))
     scores = np.full(len(dataset), np.nan, dtype=np.float32)
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=_collate)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_as_list)
     for batch in loader:
         good = [s for s in batch if s['error'] is None]
         if not good:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from mmclip4clip.apis.encode import VideoFileDataset
+from mmclip4clip.apis.encode import VideoFileDataset, collate_as_list
 from mmclip4clip.datasets.compress import compress_videos
 from mmclip4clip.datasets.transforms.processing import resize_center_crop
 from mmclip4clip.datasets.transforms.sampling import slice_frames
@@ -89,10 +89,6 @@ def make_clips(root: Path, num: int, seconds: int = 10) -> tuple[list[Path],
     return paths, [small / p.name for p in paths]
 
 
-def _as_list(batch: list[dict]) -> list[dict]:
-    return batch
-
-
 def read_by_seeking(path: Path, max_frames: int = 12,
                     size: int = 224) -> np.ndarray:
     """The original code's reader: OpenCV, one seek per second of video,
@@ -137,7 +133,7 @@ def videos_per_s(dataset: Dataset, workers: int) -> float:
     video delivered to the last, so worker start-up (paid once per run with
     persistent workers) is left out."""
     loader = DataLoader(dataset, batch_size=1, num_workers=workers,
-                        collate_fn=_as_list)
+                        collate_fn=collate_as_list)
     start = None
     for batch in loader:
         if isinstance(batch[0], dict) and batch[0]['error'] is not None:

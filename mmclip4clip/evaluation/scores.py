@@ -35,7 +35,6 @@ class EmbeddingScores:
                 f'embeddings, got {tuple(text.shape)} and {tuple(video.shape)}')
         self.text = text * float(scale)  # [N, D], scaled once
         self.video = video
-        self.scale = float(scale)
 
     @property
     def shape(self) -> torch.Size:

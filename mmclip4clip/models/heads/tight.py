@@ -73,15 +73,19 @@ class TightTransfHead(nn.Module):
         load_position_rows(self.position_embeddings, clip.text_model)
         self.transformer.load_hf_clip_text_layers(clip.text_model)
 
+    def _check_length(self, num_frames: int) -> None:
+        """1 + T tokens must fit the position table."""
+        rows = self.position_embeddings.num_embeddings
+        if 1 + num_frames > rows:
+            raise ValueError(f'1 + {num_frames} tokens but the position '
+                             f'table has {rows} rows')
+
     def forward(self, text: Tensor, frames: Tensor,
                 frame_mask: Tensor) -> Tensor:
         """Logits of aligned pairs: [P, D] texts, [P, T, D] frames and
         [P, T] mask -> [P]."""
         seq = torch.cat([text[:, None], frames], dim=1)  # [P, 1 + T, D]
-        if seq.shape[1] > self.position_embeddings.num_embeddings:
-            raise ValueError(
-                f'1 + {frames.shape[1]} tokens but the position table has '
-                f'{self.position_embeddings.num_embeddings} rows')
+        self._check_length(frames.shape[1])
         mask = torch.cat([frame_mask.new_ones(frame_mask.shape[0], 1),
                           frame_mask], dim=1)  # [P, 1 + T]
         seq = self.dropout(seq + self.position_embeddings.weight[:seq.shape[1]])
@@ -124,10 +128,7 @@ class TightTransfHead(nn.Module):
         """Block 1 inputs and q/k/v of every text token ([N, ...]) and
         every video's frame tokens ([M, T, ...])."""
         t = frames.shape[1]
-        if 1 + t > self.position_embeddings.num_embeddings:
-            raise ValueError(
-                f'1 + {t} tokens but the position table has '
-                f'{self.position_embeddings.num_embeddings} rows')
+        self._check_length(t)
         pos = self.position_embeddings.weight[:1 + t]
         block = self.transformer.resblocks[0]
         text_x = text + pos[0]  # [N, D]
