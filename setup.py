@@ -18,6 +18,10 @@ setup(
         'mmengine==0.10.7',
         'mmcv-lite==2.1.0',
         'mmaction2==1.2.0',
+        # PyAV decodes videos in the data pipeline (AVInit / AVDecode), writes
+        # the synthetic clips and re-encodes videos; decord backs mmaction2's
+        # DecordInit for configs that choose it.
+        'av',
         'decord>=0.6.0',
         'numpy',
         'pillow',
@@ -25,12 +29,8 @@ setup(
         'tokenizers',
     ],
     extras_require={
-        # PyAV writes the synthetic dataset's mp4 clips and re-encodes videos
-        # (tools/data/compress_videos.py).
-        'synthetic': ['av'],
-        'video': ['av'],
         # Approximate search for large video indexes (tools/search.py).
         'search': ['faiss-cpu'],
-        'tests': ['av', 'faiss-cpu', 'pytest', 'scikit-video', 'ruff'],
+        'tests': ['faiss-cpu', 'pytest', 'scikit-video', 'ruff'],
     },
 )

@@ -5,7 +5,7 @@ noise, so the encoder has real work), encoded as H.264 at 30 fps with
 x264's usual keyframe interval of 250 frames, then compressed to 3 fps at
 224 px with :func:`mmclip4clip.datasets.compress.compress_videos`.
 
-Both are read with the evaluation pipeline (decord: open, choose the frames
+Both are read with the evaluation pipeline (PyAV: open, choose the frames
 to use, decode only those, CLIP's bicubic resize and centre crop) through a
 ``DataLoader`` with 0, 1 and 2 workers, and, side by side on the same clips,
 with the original code's method: OpenCV, seeking to one frame per second and
@@ -26,10 +26,10 @@ from mmclip4clip.datasets.transforms.processing import resize_center_crop
 from mmclip4clip.datasets.transforms.sampling import slice_frames
 
 PIPELINE = [
-    dict(type='DecordInit'),
+    dict(type='AVInit'),
     dict(type='SampleFramesByRate', max_frames=12, feature_framerate=1,
          slice_framepos=2, frame_order=0),
-    dict(type='DecordDecode'),
+    dict(type='AVDecode'),
     dict(type='CLIPResizeCrop', size=224),
 ]
 

@@ -1,6 +1,6 @@
 """Check a dataset's annotations and videos before a long run.
 
-Every video is opened once with decord (the reader the data pipeline uses),
+Every video is opened once with PyAV (the data pipeline's reader, ``AVInit``),
 in parallel, and every record and caption is checked the way the dataset and
 its pipeline will use them. Categories (errors make the check fail):
 
@@ -33,12 +33,12 @@ import json
 import multiprocessing
 import os
 import os.path as osp
-import re
 import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
+from .transforms.loading import VideoFrames
 from .transforms.sampling import sample_frame_indices
 from .video_text_dataset import AnnotationError, parse_record
 
@@ -105,53 +105,40 @@ class SplitReport:
 
 
 def _message(err: Exception) -> str:
-    """First line of an error, without decord's "[time] file.cc:line:"."""
+    """First line of an error, with its type."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else ''
-    text = re.sub(r'^\[[\d:]+\] \S+:\d+: ', '', text)
     return f'{type(err).__name__}: {text}'
 
 
-def _open_error(filename: str, err: Exception) -> str:
-    """Why ``filename`` does not open: decord only says "Error reading",
-    so ask PyAV (the same libavformat) for the reason when it has one."""
-    try:
-        import av
-
-        with av.open(filename):
-            pass
-    except Exception as av_err:
-        return f'cannot open: {_message(av_err)}'
-    return f'cannot open: {_message(err)}'
-
-
 def probe_video(filename: str, full_decode: bool = False) -> VideoProbe:
-    """Open ``filename`` with decord; decode its first and last frame (every
-    frame with ``full_decode``)."""
+    """Open and index ``filename`` as the pipeline does; decode its first and
+    last frame (every frame with ``full_decode``)."""
     if not osp.isfile(filename):
         return VideoProbe(category='missing', detail='no such file')
     if osp.getsize(filename) == 0:
         return VideoProbe(category='empty', detail='0 bytes')
-    import decord
-
     try:
-        reader = decord.VideoReader(filename, num_threads=1)
-        num_frames, fps = len(reader), float(reader.get_avg_fps())
+        reader = VideoFrames(filename, num_threads=1)
     except Exception as err:
         return VideoProbe(category='unreadable',
-                          detail=_open_error(filename, err))
-    if num_frames == 0:
-        return VideoProbe(0, fps, 'empty', 'no frames')
+                          detail=f'cannot open: {_message(err)}')
     try:
-        if full_decode:
-            for begin in range(0, num_frames, 32):
-                reader.get_batch(range(begin, min(begin + 32, num_frames)))
-        else:
-            reader.get_batch([0, num_frames - 1])
-    except Exception as err:
-        return VideoProbe(num_frames, fps, 'unreadable',
-                          f'{num_frames} frames indexed, decoding fails: '
-                          f'{_message(err)}')
-    return VideoProbe(num_frames, fps)
+        num_frames, fps = len(reader), reader.fps
+        if num_frames == 0:
+            return VideoProbe(0, fps, 'empty', 'no frames')
+        try:
+            if full_decode:
+                for begin in range(0, num_frames, 32):
+                    reader.get(range(begin, min(begin + 32, num_frames)))
+            else:
+                reader.get([0, num_frames - 1])
+        except Exception as err:
+            return VideoProbe(num_frames, fps, 'unreadable',
+                              f'{num_frames} frames indexed, decoding fails: '
+                              f'{_message(err)}')
+        return VideoProbe(num_frames, fps)
+    finally:
+        reader.close()
 
 
 def _probe_job(args: tuple[str, bool]) -> VideoProbe:

@@ -4,9 +4,10 @@ One PNG per text query: the caption on top, then one row per top-k video with
 a strip of evenly spaced frames, its rank and score; the ground-truth video has
 a green border and a ``GT`` label, and gets an extra row below the top-k when
 it is not among them. An overview PNG shows each query's top-1 frame with a
-green (hit) or red (miss) border. Only Pillow and decord are used, so no
-plotting library is needed. A video that cannot be read is drawn as a grey
-placeholder with a warning, so one bad file never stops the whole run.
+green (hit) or red (miss) border. Only Pillow and PyAV (the data pipeline's
+reader) are used, so no plotting library is needed. A video that cannot be
+read is drawn as a grey placeholder with a warning, so one bad file never
+stops the whole run.
 """
 import os.path as osp
 import pickle
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from mmclip4clip.datasets.transforms.loading import VideoFrames
 
 # Layout constants (pixels); query_image_size derives the image size from them.
 THUMB_W, THUMB_H = 128, 96  # one frame, letterboxed into this box
@@ -88,14 +91,16 @@ def read_frames(path: str, num_frames: int) -> list[Image.Image]:
     A missing or unreadable video warns and gives grey placeholders.
     """
     try:
-        import decord
-
-        reader = decord.VideoReader(path, num_threads=1)
-        length = len(reader)
-        if length == 0:
-            raise ValueError('no frames')
-        idx = ((np.arange(num_frames) + 0.5) * length / num_frames).astype(int)
-        frames = reader.get_batch(list(np.minimum(idx, length - 1))).asnumpy()
+        reader = VideoFrames(path, num_threads=1)
+        try:
+            length = len(reader)
+            if length == 0:
+                raise ValueError('no frames')
+            idx = ((np.arange(num_frames) + 0.5) * length /
+                   num_frames).astype(int)
+            frames = reader.get(np.minimum(idx, length - 1))
+        finally:
+            reader.close()
     except Exception as err:  # noqa: BLE001 -- any decode failure is drawn
         warnings.warn(f'cannot read video {path!r} ({err}); drawing a '
                       'placeholder', stacklevel=2)

@@ -170,9 +170,9 @@ def test_check_tool_reports_planted_problems_and_exits_nonzero(dataset_dir,
         dict(video=CLIPS[3], captions=['clip'], start=5, end=9),  # 2 s clip
     ])
     pipeline = [
-        dict(type='DecordInit'),
+        dict(type='AVInit'),
         dict(type='SampleFramesByRate', max_frames=4, feature_framerate=2),
-        dict(type='DecordDecode'),
+        dict(type='AVDecode'),
         dict(type='TokenizeCaptions',
              tokenizer=str(dataset_dir / 'tokenizer'), max_words=8),
     ]
@@ -231,10 +231,10 @@ def build(ann_file, video_dir, test_mode=False, **kwargs):
             type='VideoTextDataset', ann_file=str(ann_file),
             data_prefix=dict(video=str(video_dir)), test_mode=test_mode,
             pipeline=[
-                dict(type='DecordInit'),
+                dict(type='AVInit'),
                 dict(type='SampleFramesByRate', max_frames=4,
                      feature_framerate=2),
-                dict(type='DecordDecode'),
+                dict(type='AVDecode'),
             ], **kwargs))
 
 

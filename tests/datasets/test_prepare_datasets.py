@@ -43,7 +43,7 @@ def clip(tmp_path_factory) -> Path:
 
 
 def place_videos(clip: Path, video_dir: Path, records: list[dict]) -> None:
-    """Copy the clip to every video path (decord reads .avi names too)."""
+    """Copy the clip to every video path (the reader goes by content, not by name)."""
     for record in records:
         target = video_dir / record['video']
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +52,7 @@ def place_videos(clip: Path, video_dir: Path, records: list[dict]) -> None:
 
 def build(ann_file: Path, video_dir: Path, test_mode: bool):
     """A VideoTextDataset that samples frame indices (no decoding)."""
-    pipeline = [dict(type='DecordInit'),
+    pipeline = [dict(type='AVInit'),
                 dict(type='SampleFramesByRate', max_frames=64,
                      feature_framerate=1)]
     with DefaultScope.overwrite_default_scope('mmclip4clip'):

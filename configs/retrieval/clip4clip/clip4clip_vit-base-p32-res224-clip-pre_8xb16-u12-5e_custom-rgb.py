@@ -13,10 +13,10 @@ clip_pretrained = 'openai/clip-vit-base-patch32'
 data_root = 'data/my_dataset'
 
 pipeline = [
-    dict(type='DecordInit'),
+    dict(type='AVInit'),
     dict(type='SampleFramesByRate', max_frames=12, feature_framerate=1,
          slice_framepos=2, frame_order=0),
-    dict(type='DecordDecode'),
+    dict(type='AVDecode'),
     dict(type='CLIPResizeCrop', size=224),
     dict(type='TokenizeCaptions', tokenizer=clip_pretrained, max_words=32),
     dict(type='PackVideoTextInputs'),

@@ -1,4 +1,5 @@
 from .formatting import PackVideoTextInputs
+from .loading import AVDecode, AVInit, VideoFrames, decode_threads
 from .processing import CLIPResizeCrop, resize_center_crop
 from .sampling import (
                        SampleFramesByRate,
@@ -9,7 +10,8 @@ from .sampling import (
 from .text import TokenizeCaptions, load_tokenizer, tokenize
 
 __all__ = [
-    'CLIPResizeCrop', 'PackVideoTextInputs', 'SampleFramesByRate',
-    'TokenizeCaptions', 'load_tokenizer', 'order_frames', 'resize_center_crop',
+    'AVDecode', 'AVInit', 'CLIPResizeCrop', 'PackVideoTextInputs',
+    'SampleFramesByRate', 'TokenizeCaptions', 'VideoFrames', 'decode_threads',
+    'load_tokenizer', 'order_frames', 'resize_center_crop',
     'sample_frame_indices', 'slice_frames', 'tokenize'
 ]

@@ -85,9 +85,9 @@ def order_frames(inds: np.ndarray, frame_order: int,
 class SampleFramesByRate(BaseTransform):
     """Choose the frames to decode, CLIP4Clip's way (spec section 5).
 
-    Required keys: ``total_frames``, ``avg_fps`` (set by ``DecordInit``),
+    Required keys: ``total_frames``, ``avg_fps`` (set by ``AVInit``),
     optional ``start`` / ``end`` (seconds). Added keys: ``frame_inds``
-    (for ``DecordDecode``), ``max_frames`` (for padding at packing time).
+    (for ``AVDecode``), ``max_frames`` (for padding at packing time).
 
     Args:
         max_frames: T, frames per video after slicing; shorter videos are

@@ -10,10 +10,10 @@ image_size = 32
 
 def video_text_pipeline(frame_order: int = 0) -> list:
     return [
-        dict(type='DecordInit'),
+        dict(type='AVInit'),
         dict(type='SampleFramesByRate', max_frames=max_frames,
              feature_framerate=2, slice_framepos=2, frame_order=frame_order),
-        dict(type='DecordDecode'),
+        dict(type='AVDecode'),
         dict(type='CLIPResizeCrop', size=image_size),
         dict(type='TokenizeCaptions', tokenizer=tokenizer,
              max_words=max_words),

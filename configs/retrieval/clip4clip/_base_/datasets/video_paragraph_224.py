@@ -9,10 +9,10 @@ max_frames = 64
 max_words = 64
 
 pipeline = [
-    dict(type='DecordInit'),
+    dict(type='AVInit'),
     dict(type='SampleFramesByRate', max_frames=max_frames,
          feature_framerate=1, slice_framepos=2, frame_order=0),
-    dict(type='DecordDecode'),
+    dict(type='AVDecode'),
     dict(type='CLIPResizeCrop', size=224),
     dict(type='TokenizeCaptions', tokenizer=tokenizer, max_words=max_words),
     dict(type='PackVideoTextInputs'),

