@@ -36,6 +36,17 @@ def test_quick_benchmark_runs_every_section(tmp_path):
         'MeanPHead', 'SeqTransfHead'}
     assert {run['head'] for run in result['loose']['runs']} == {
         'meanP', 'seqLSTM', 'seqTransf'}
+    # Beside ours, the earlier implementations' way on the same weights:
+    # transformers' forward gives the same features (so the comparison is
+    # of equal work), the original's full sorts the same ranks' costs.
+    baselines = [run['baseline'] for section in ('video', 'text', 'train')
+                 for run in result[section]['runs'] if 'baseline' in run]
+    baselines += [run['baseline'] for run in result['metrics']['runs']
+                  if run['source'] == 'matrix']
+    assert len(baselines) == 5
+    assert all(positive(base['speedup']) for base in baselines)
+    assert all(base['max_abs_diff'] < 1e-3 for base in baselines
+               if 'max_abs_diff' in base)
     assert {(run['clips'], run['workers']) for run in result['data']['runs']
             } == {(c, w) for c in ('30fps 640x360', '3fps 224')
                   for w in (0, 1, 2)}

@@ -13,7 +13,10 @@ batch 4), ``data`` (decode + sample + resize, 0/1/2 workers, vs OpenCV
 seeking), ``loose`` (1000 x 1000 scores from frame features per head),
 ``metrics`` (exact ranks, N = 1k..100k, time and peak memory), ``tight``
 (tightTransf 100 x 100 pairs at two chunk sizes; ``--tight-large`` adds
-1000 x 1000). ``--quick`` shrinks every size (about a minute on a CPU; its
+1000 x 1000). Beside ours, ``baseline`` entries time the earlier
+implementations' way on the same weights in the same run (transformers' CLIP
+forward for the towers and a training step, the original's full sorts for
+metrics; OpenCV seeking for data). ``--quick`` shrinks every size (about a minute on a CPU; its
 figures are not the benchmark's). Prints each section as it finishes and
 writes all of them to ``--out``.
 """
