@@ -143,3 +143,29 @@ def test_decode_threads_share_cpus_among_workers():
     assert decode_threads() == cpus
     loader = DataLoader(_Threads(), batch_size=None, num_workers=2)
     assert set(loader) == {max(1, cpus // 2)}
+
+
+class _FirstFrames(Dataset):
+    def __init__(self, paths):
+        self.paths = paths
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        reader = VideoFrames(self.paths[index])
+        try:
+            return reader.get([0, len(reader) - 1])[1]
+        finally:
+            reader.close()
+
+
+def test_workers_forked_after_decoding_in_the_parent_do_not_hang(generated):
+    """The colour converter is kept per process: one made (with its
+    threads) in the parent would wait forever in a forked worker."""
+    dataset = _FirstFrames(generated * 2)
+    expected = [dataset[i] for i in range(len(dataset))]  # parent decodes
+    loader = DataLoader(dataset, batch_size=None, num_workers=1, timeout=60,
+                        multiprocessing_context='fork')
+    for got, want in zip(loader, expected):
+        assert np.array_equal(np.asarray(got), want)

@@ -18,6 +18,7 @@ and converts every frame up to the last wanted one.
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 from mmcv.transforms import BaseTransform
@@ -35,6 +36,27 @@ def decode_threads() -> int:
             else os.cpu_count() or 1)
     info = torch.utils.data.get_worker_info()
     return max(1, cpus // (info.num_workers if info is not None else 1))
+
+
+_local = threading.local()
+
+
+def _to_rgb(frame) -> np.ndarray:
+    """[H, W, 3] uint8 RGB of a decoded frame.
+
+    ``VideoFrame.to_ndarray`` builds a new FFmpeg scaler, with its own thread
+    pool, for every frame (2-3x the cost of converting a 224-px frame); this
+    keeps one single-threaded scaler per thread and process instead. (A
+    scaler with threads must never cross a fork: its threads stay behind in
+    the parent and a DataLoader worker waits for them forever.)
+    """
+    key = os.getpid()
+    if getattr(_local, 'pid', None) != key:
+        from av.video.reformatter import VideoReformatter
+
+        _local.pid, _local.reformatter = key, VideoReformatter()
+    return _local.reformatter.reformat(frame, format='rgb24',
+                                       threads=1).to_ndarray()
 
 
 class VideoFrames:
@@ -87,9 +109,6 @@ class VideoFrames:
     def close(self) -> None:
         self.container.close()
 
-    def _to_rgb(self, frame) -> np.ndarray:
-        return frame.to_ndarray(format='rgb24')
-
     def _by_time(self, wanted: list[int]) -> dict[int, np.ndarray]:
         """Decode ``wanted`` (sorted, unique) frame indices, seeking to a
         keyframe only when it lies ahead of the decoding position."""
@@ -106,7 +125,7 @@ class VideoFrames:
                 if position is None or position > target:
                     return {}  # inexact seek or timestamps: caller falls back
                 if position == target:
-                    frames[index] = self._to_rgb(frame)
+                    frames[index] = _to_rgb(frame)
                     break
             else:
                 return {}
@@ -120,7 +139,7 @@ class VideoFrames:
         self._open()
         for count, frame in enumerate(self.container.decode(self.stream)):
             if count in wanted_set:
-                frames[count] = self._to_rgb(frame)
+                frames[count] = _to_rgb(frame)
                 if len(frames) == len(wanted_set):
                     break
         return frames
