@@ -2,8 +2,10 @@
 from .data_pipeline import data_pipeline
 from .measure import count_flops, matmul_peak_flops, median_seconds, peak_memory
 from .sections import (
+    SECTIONS,
     loose_scoring,
     retrieval_metrics,
+    run_section,
     text_encoding,
     tight_scoring,
     training_step,
@@ -11,7 +13,8 @@ from .sections import (
 )
 
 __all__ = [
-    'count_flops', 'data_pipeline', 'loose_scoring', 'matmul_peak_flops',
-    'median_seconds', 'peak_memory', 'retrieval_metrics', 'text_encoding',
-    'tight_scoring', 'training_step', 'video_encoding'
+    'SECTIONS', 'count_flops', 'data_pipeline', 'loose_scoring',
+    'matmul_peak_flops', 'median_seconds', 'peak_memory', 'retrieval_metrics',
+    'run_section', 'text_encoding', 'tight_scoring', 'training_step',
+    'video_encoding'
 ]

@@ -250,3 +250,34 @@ def retrieval_metrics(device: torch.device, quick: bool = False) -> dict:
         rows.append(dict(source='embeddings', n=num, seconds=seconds,
                          peak_mib=peak.mib))
     return dict(dim=EMBED_DIM, runs=rows)
+
+
+SECTIONS = ('video', 'text', 'train', 'data', 'loose', 'metrics', 'tight')
+
+
+def run_section(name: str, device: str, peak_flops: float, work_dir: str,
+                quick: bool = False, tight_large: bool = False) -> dict:
+    """One section by name, with its wall time; meant to run in a fresh
+    process per section, so that no section's memory (or the allocator
+    state it leaves) counts in the next one's peak."""
+    from pathlib import Path
+    from time import perf_counter
+
+    from mmengine.registry import init_default_scope
+
+    from .data_pipeline import data_pipeline
+
+    init_default_scope('mmclip4clip')
+    dev = torch.device(device)
+    runs = dict(
+        video=lambda: video_encoding(dev, peak_flops, quick),
+        text=lambda: text_encoding(dev, peak_flops, quick),
+        train=lambda: training_step(dev, quick),
+        data=lambda: data_pipeline(Path(work_dir), quick),
+        loose=lambda: loose_scoring(dev, quick),
+        metrics=lambda: retrieval_metrics(dev, quick),
+        tight=lambda: tight_scoring(dev, quick, tight_large))
+    start = perf_counter()
+    result = runs[name]()
+    result['section_seconds'] = perf_counter() - start
+    return result
