@@ -73,10 +73,14 @@ def main() -> None:
                                        size=2048 if args.quick else 4096)
     result['matmul'] = dict(fp32_flops_per_s=peak)
     print(f'matmul: {peak / 1e9:.1f} GFLOP/s (fp32)', flush=True)
-    # Sections fork from a server that has imported the package and run
-    # nothing: each starts clean, without paying the imports again.
-    fresh = multiprocessing.get_context('forkserver')
-    fresh.set_forkserver_preload(['mmclip4clip.benchmark'])
+    # On a CPU, sections fork from a server that has imported the package
+    # and run nothing: each starts clean without paying the imports again.
+    # CUDA cannot start in a forked child once imports have touched it.
+    if device.type == 'cuda':
+        fresh = multiprocessing.get_context('spawn')
+    else:
+        fresh = multiprocessing.get_context('forkserver')
+        fresh.set_forkserver_preload(['mmclip4clip.benchmark'])
     with tempfile.TemporaryDirectory() as tmp:
         for name in SECTIONS:
             if name not in args.sections:
