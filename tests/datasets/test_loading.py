@@ -1,5 +1,6 @@
 """AVInit / AVDecode: the frames, frame count and rate decord gives, on
 camera clips and on generated clips in several containers."""
+import gc
 import os
 from fractions import Fraction
 
@@ -169,3 +170,33 @@ def test_workers_forked_after_decoding_in_the_parent_do_not_hang(generated):
                         multiprocessing_context='fork')
     for got, want in zip(loader, expected):
         assert np.array_equal(np.asarray(got), want)
+
+
+class _DropParentsVideo(Dataset):
+    """Drops the last reference to a video the parent left open (with its
+    decoder threads running), then decodes another one."""
+
+    def __init__(self, holder, path):
+        self.holder, self.path = holder, path
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        self.holder.clear()
+        gc.collect()
+        return _FirstFrames([self.path])[0]
+
+
+def test_a_video_left_open_in_the_parent_is_never_freed_in_a_worker(
+        generated):
+    reader = VideoFrames(generated[0], num_threads=2)
+    reader.get([1])  # decoder threads now running in the parent
+    holder = [reader]
+    del reader
+    loader = DataLoader(_DropParentsVideo(holder, generated[1]),
+                        batch_size=None, num_workers=1, timeout=60,
+                        multiprocessing_context='fork')
+    frame, = list(loader)
+    assert np.asarray(frame).shape == (48, 64, 3)
+    holder[0].close()

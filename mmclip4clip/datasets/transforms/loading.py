@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 
 import numpy as np
 from mmcv.transforms import BaseTransform
@@ -39,6 +40,19 @@ def decode_threads() -> int:
 
 
 _local = threading.local()
+
+# Videos open in this process, and, in a forked child, those inherited from
+# the parent: kept for good, because freeing one there would wait forever
+# for decoder threads that exist only in the parent.
+_open_videos: weakref.WeakSet = weakref.WeakSet()
+_inherited: list = []
+
+
+def _keep_inherited_videos() -> None:
+    _inherited.extend(_open_videos)
+
+
+os.register_at_fork(after_in_child=_keep_inherited_videos)
 
 
 def _to_rgb(frame) -> np.ndarray:
@@ -96,6 +110,8 @@ class VideoFrames:
         import av
 
         self.container = av.open(self.filename)
+        self._pid = os.getpid()
+        _open_videos.add(self)
         if not self.container.streams.video:
             self.close()
             raise ValueError(f'{self.filename}: no video stream')
@@ -107,7 +123,11 @@ class VideoFrames:
         return self.num_frames
 
     def close(self) -> None:
-        self.container.close()
+        """Free the decoder (not in a forked child: see
+        ``_keep_inherited_videos``)."""
+        if os.getpid() == self._pid:
+            self.container.close()
+            _open_videos.discard(self)
 
     def _by_time(self, wanted: list[int]) -> dict[int, np.ndarray]:
         """Decode ``wanted`` (sorted, unique) frame indices, seeking to a
