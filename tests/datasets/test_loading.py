@@ -200,3 +200,21 @@ def test_a_video_left_open_in_the_parent_is_never_freed_in_a_worker(
     frame, = list(loader)
     assert np.asarray(frame).shape == (48, 64, 3)
     holder[0].close()
+
+
+def _threads() -> int:
+    with open('/proc/self/status') as status:
+        return int(next(line for line in status
+                        if line.startswith('Threads:')).split()[1])
+
+
+def test_an_unclosed_video_ends_its_decoder_threads_when_dropped(generated):
+    """Unclosed, a PyAV container is cyclic garbage whose decoder threads
+    run until a garbage collection (which may happen in a forked child)."""
+    gc.collect()
+    before = _threads()
+    reader = VideoFrames(generated[0], num_threads=3)
+    reader.get([2])
+    assert _threads() > before
+    del reader
+    assert _threads() == before

@@ -49,7 +49,8 @@ _inherited: list = []
 
 
 def _keep_inherited_videos() -> None:
-    _inherited.extend(_open_videos)
+    _inherited.extend((video.container, video.stream)
+                      for video in _open_videos)
 
 
 os.register_at_fork(after_in_child=_keep_inherited_videos)
@@ -123,11 +124,20 @@ class VideoFrames:
         return self.num_frames
 
     def close(self) -> None:
-        """Free the decoder (not in a forked child: see
-        ``_keep_inherited_videos``)."""
-        if os.getpid() == self._pid:
+        """Close the file and drop the decoder, so that its threads end now
+        (PyAV ends them only when the stream object is freed); not in a
+        forked child: see ``_keep_inherited_videos``."""
+        if self.container is not None and os.getpid() == self._pid:
             self.container.close()
+            self.container = self.stream = None
             _open_videos.discard(self)
+
+    def __del__(self) -> None:
+        # An unclosed PyAV container is cyclic garbage whose decoder threads
+        # run until the garbage collector frees it, possibly in a forked
+        # child (which then hangs); closing breaks the cycle.
+        if getattr(self, 'container', None) is not None:
+            self.close()
 
     def _by_time(self, wanted: list[int]) -> dict[int, np.ndarray]:
         """Decode ``wanted`` (sorted, unique) frame indices, seeking to a
