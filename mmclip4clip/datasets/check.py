@@ -122,7 +122,7 @@ def probe_video(filename: str, full_decode: bool = False) -> VideoProbe:
     except Exception as err:
         return VideoProbe(category='unreadable',
                           detail=f'cannot open: {_message(err)}')
-    try:
+    with reader:
         num_frames, fps = len(reader), reader.fps
         if num_frames == 0:
             return VideoProbe(0, fps, 'empty', 'no frames')
@@ -136,9 +136,7 @@ def probe_video(filename: str, full_decode: bool = False) -> VideoProbe:
             return VideoProbe(num_frames, fps, 'unreadable',
                               f'{num_frames} frames indexed, decoding fails: '
                               f'{_message(err)}')
-        return VideoProbe(num_frames, fps)
-    finally:
-        reader.close()
+    return VideoProbe(num_frames, fps)
 
 
 def _probe_job(args: tuple[str, bool]) -> VideoProbe:

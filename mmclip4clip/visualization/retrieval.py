@@ -91,16 +91,13 @@ def read_frames(path: str, num_frames: int) -> list[Image.Image]:
     A missing or unreadable video warns and gives grey placeholders.
     """
     try:
-        reader = VideoFrames(path, num_threads=1)
-        try:
+        with VideoFrames(path, num_threads=1) as reader:
             length = len(reader)
             if length == 0:
                 raise ValueError('no frames')
             idx = ((np.arange(num_frames) + 0.5) * length /
                    num_frames).astype(int)
             frames = reader.get(np.minimum(idx, length - 1))
-        finally:
-            reader.close()
     except Exception as err:  # noqa: BLE001 -- any decode failure is drawn
         warnings.warn(f'cannot read video {path!r} ({err}); drawing a '
                       'placeholder', stacklevel=2)

@@ -132,6 +132,12 @@ class VideoFrames:
             self.container = self.stream = None
             _open_videos.discard(self)
 
+    def __enter__(self) -> 'VideoFrames':
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
     def __del__(self) -> None:
         # An unclosed PyAV container is cyclic garbage whose decoder threads
         # run until the garbage collector frees it, possibly in a forked
@@ -230,12 +236,9 @@ class AVDecode(BaseTransform):
     """
 
     def transform(self, results: dict) -> dict:
-        reader = results['video_reader']
-        try:
-            imgs = reader.get(results['frame_inds'])
-        finally:
-            reader.close()
+        with results['video_reader'] as reader:
             results['video_reader'] = None
+            imgs = reader.get(results['frame_inds'])
         results['imgs'] = imgs
         results['original_shape'] = imgs[0].shape[:2]
         results['img_shape'] = imgs[0].shape[:2]
