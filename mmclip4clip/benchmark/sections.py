@@ -12,9 +12,12 @@ ours.
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
+from time import perf_counter
 
 import torch
 import torch.nn.functional as F
+from mmengine.registry import init_default_scope
 
 from mmclip4clip.evaluation.functional import retrieval_ranks
 from mmclip4clip.evaluation.scores import EmbeddingScores
@@ -28,6 +31,7 @@ from mmclip4clip.models.heads import (
 from mmclip4clip.models.retrievers import CLIP4Clip
 
 from . import baselines
+from .data_pipeline import data_pipeline
 from .measure import count_flops, median_seconds, peak_memory
 
 FRAMES = 12  # frames per video (MSR-VTT recipe)
@@ -252,7 +256,20 @@ def retrieval_metrics(device: torch.device, quick: bool = False) -> dict:
     return dict(dim=EMBED_DIM, runs=rows)
 
 
-SECTIONS = ('video', 'text', 'train', 'data', 'loose', 'metrics', 'tight')
+_RUNS = dict(
+    video=lambda dev, peak, work_dir, quick, large: video_encoding(
+        dev, peak, quick),
+    text=lambda dev, peak, work_dir, quick, large: text_encoding(
+        dev, peak, quick),
+    train=lambda dev, peak, work_dir, quick, large: training_step(dev, quick),
+    data=lambda dev, peak, work_dir, quick, large: data_pipeline(
+        work_dir, quick),
+    loose=lambda dev, peak, work_dir, quick, large: loose_scoring(dev, quick),
+    metrics=lambda dev, peak, work_dir, quick, large: retrieval_metrics(
+        dev, quick),
+    tight=lambda dev, peak, work_dir, quick, large: tight_scoring(
+        dev, quick, large))
+SECTIONS = tuple(_RUNS)
 
 
 def run_section(name: str, device: str, peak_flops: float, work_dir: str,
@@ -260,24 +277,9 @@ def run_section(name: str, device: str, peak_flops: float, work_dir: str,
     """One section by name, with its wall time; meant to run in a fresh
     process per section, so that no section's memory (or the allocator
     state it leaves) counts in the next one's peak."""
-    from pathlib import Path
-    from time import perf_counter
-
-    from mmengine.registry import init_default_scope
-
-    from .data_pipeline import data_pipeline
-
     init_default_scope('mmclip4clip')
-    dev = torch.device(device)
-    runs = dict(
-        video=lambda: video_encoding(dev, peak_flops, quick),
-        text=lambda: text_encoding(dev, peak_flops, quick),
-        train=lambda: training_step(dev, quick),
-        data=lambda: data_pipeline(Path(work_dir), quick),
-        loose=lambda: loose_scoring(dev, quick),
-        metrics=lambda: retrieval_metrics(dev, quick),
-        tight=lambda: tight_scoring(dev, quick, tight_large))
     start = perf_counter()
-    result = runs[name]()
+    result = _RUNS[name](torch.device(device), peak_flops, Path(work_dir),
+                         quick, tight_large)
     result['section_seconds'] = perf_counter() - start
     return result

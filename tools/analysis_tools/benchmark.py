@@ -30,7 +30,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
-from mmengine.registry import init_default_scope
 
 from mmclip4clip import benchmark
 
@@ -64,7 +63,6 @@ def machine(device: torch.device) -> dict:
 
 def main() -> None:
     args = parse_args()
-    init_default_scope('mmclip4clip')
     device = torch.device(args.device)
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise SystemExit('--device cuda, but CUDA is not available')
