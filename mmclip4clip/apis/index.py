@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,6 +28,8 @@ from typing import Callable
 import numpy as np
 import torch
 from mmengine.config import Config
+
+from mmclip4clip.utils import atomic_path, atomic_write
 
 from .encode import encode_texts, encode_videos, video_pipeline_cfg
 
@@ -98,19 +98,6 @@ def load_index(index_dir: str | Path) -> VideoIndex:
     return VideoIndex(emb, meta)
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temp file in the same folder, then rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_index(index_dir: str | Path, embeddings: np.ndarray,
                meta: dict) -> None:
     """Write embeddings then index.json (the commit point); drop stale
@@ -121,14 +108,11 @@ def save_index(index_dir: str | Path, embeddings: np.ndarray,
     name = ('embeddings-' +
             hashlib.sha256(embeddings.tobytes()).hexdigest()[:16] + '.npy')
 
-    def write_npy(tmp: str) -> None:
-        with open(tmp, 'wb') as f:
-            np.save(f, embeddings, allow_pickle=False)
-
-    _atomic_write(index_dir / name, write_npy)
+    with atomic_write(index_dir / name) as f:
+        np.save(f, embeddings, allow_pickle=False)
     meta = dict(meta, embeddings=name, dim=int(embeddings.shape[1]))
-    _atomic_write(index_dir / META_FILE,
-                  lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
+    with atomic_write(index_dir / META_FILE, 'w', encoding='utf-8') as f:
+        json.dump(meta, f, indent=1)
     for old in index_dir.glob('embeddings-*.npy'):
         if old.name != name:
             old.unlink()
@@ -276,7 +260,8 @@ def faiss_graph(index: VideoIndex, index_dir: str | Path | None = None,
                                     faiss.METRIC_INNER_PRODUCT)
         graph.add(np.ascontiguousarray(index.embeddings, dtype=np.float32))
         if cache is not None:
-            _atomic_write(cache, lambda tmp: faiss.write_index(graph, tmp))
+            with atomic_path(cache) as tmp:
+                faiss.write_index(graph, str(tmp))
             for old in cache.parent.glob('faiss-*.index'):
                 if old != cache:
                     old.unlink()

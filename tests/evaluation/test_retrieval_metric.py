@@ -1,6 +1,8 @@
 """Tests of the exact retrieval ranks, metrics and RetrievalMetric."""
 import math
+import os
 import pickle
+import stat
 
 import numpy as np
 import pytest
@@ -363,6 +365,18 @@ def test_dump_file_writes_pickle_with_documented_keys_and_shapes(tmp_path):
     assert dump['v2t_ranks'].tolist() == brute_v2t(scores, index)
     assert {f'd/{k}': v for k, v in dump['metrics'].items()} == metrics
     assert [p.name for p in path.parent.iterdir()] == ['scores.pkl']
+
+
+def test_dump_file_is_readable_as_the_umask_allows(tmp_path):
+    """A dump is shared like any output file (mkstemp made it 0600)."""
+    path = tmp_path / 'scores.pkl'
+    old = os.umask(0o022)
+    try:
+        run_metric(make_result(torch.rand(3, 3), torch.arange(3)),
+                   dump_file=str(path))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 def test_dump_without_dsl_has_no_dsl_ranks(tmp_path):

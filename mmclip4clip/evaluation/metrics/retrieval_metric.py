@@ -2,7 +2,6 @@
 import os
 import os.path as osp
 import pickle
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +11,7 @@ from mmengine.evaluator import BaseMetric
 from torch import Tensor
 
 from mmclip4clip.registry import METRICS
+from mmclip4clip.utils import atomic_write
 
 from ..functional import (
     dual_softmax,
@@ -206,16 +206,8 @@ class RetrievalMetric(BaseMetric):
         payload.update({key: value.cpu().numpy() for key, value in ranks.items()})
         path = osp.abspath(self.dump_file)
         os.makedirs(osp.dirname(path), exist_ok=True)
-        fd, tmp_path = tempfile.mkstemp(
-            dir=osp.dirname(path), prefix=osp.basename(path), suffix='.tmp')
-        try:
-            with os.fdopen(fd, 'wb') as f:
-                pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp_path, path)
-        except BaseException:
-            if osp.exists(tmp_path):
-                os.remove(tmp_path)
-            raise
+        with atomic_write(path) as f:
+            pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
 
     def evaluate(self, size: int) -> dict[str, float]:
         """Compute on rank 0 and broadcast; ``size`` is unused.
