@@ -9,6 +9,7 @@ Writes OUT_DIR/model.pth and OUT_DIR/config.py, so that
 the base config's data (MSR-VTT 1k-A by default).
 """
 import argparse
+import sys
 from pathlib import Path
 
 import mmclip4clip  # noqa: F401  (registers every component)
@@ -40,17 +41,21 @@ def parse_args() -> argparse.Namespace:
                         'written config keeps (default: %(default)s)')
     parser.add_argument('--allow-pickle', action='store_true',
                         help='load a trusted checkpoint that holds pickled '
-                        'objects (unpickling can run code from the file)')
+                        'objects, or an OpenAI archive with torch.jit.load '
+                        '(either can run code from the file)')
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    ckpt, cfg = export_converted(
-        args.src, args.out_dir, args.format, args.base_config,
-        sim_header=args.sim_header, linear_patch=args.linear_patch,
-        max_words=args.max_words, max_frames=args.max_frames,
-        allow_pickle=args.allow_pickle)
+    try:
+        ckpt, cfg = export_converted(
+            args.src, args.out_dir, args.format, args.base_config,
+            sim_header=args.sim_header, linear_patch=args.linear_patch,
+            max_words=args.max_words, max_frames=args.max_frames,
+            allow_pickle=args.allow_pickle)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f'error: {err}')
     print(f'wrote {ckpt}\nwrote {cfg}\n'
           f'evaluate: python tools/test.py {cfg} {ckpt}')
 

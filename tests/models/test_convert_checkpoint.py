@@ -583,20 +583,61 @@ def test_head_layer_norm_eps(header, clip_sd, tmp_path):
 
 
 # ---- 4. the command-line tool -----------------------------------------------
+def run_convert_tool(src: Path, out: Path,
+                     *args: str) -> subprocess.CompletedProcess:
+    """``tools/convert_checkpoint.py SRC OUT ARGS`` on the tiny base config."""
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join(
+                   [str(REPO), os.environ.get('PYTHONPATH', '')]))
+    return subprocess.run([
+        sys.executable, 'tools/convert_checkpoint.py', str(src), str(out),
+        *args, '--base-config', str(BASE_CONFIG)
+    ], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_convert_tool_reads_openai_archive_without_its_code(
+        clip_sd, openai_archive, tmp_path):
+    """Read as data, the archive converts exactly as through torch.jit.load
+    (the --allow-pickle path, as before); an archive whose __setstate__
+    runs at load is refused with nothing run and nothing written."""
+    args = ('--format', 'openai', '--sim-header', 'seqTransf',
+            '--max-words', '12', '--max-frames', '6')
+    outputs = {}
+    for name, extra in [('safe', ()), ('jit', ('--allow-pickle', ))]:
+        out = tmp_path / name
+        proc = run_convert_tool(openai_archive, out, *args, *extra)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        ckpt = torch.load(out / 'model.pth', map_location='cpu',
+                          weights_only=True)
+        outputs[name] = (ckpt['state_dict'], (out / 'config.py').read_text())
+    (safe_sd, safe_cfg), (jit_sd, jit_cfg) = outputs['safe'], outputs['jit']
+    assert safe_cfg == jit_cfg
+    assert list(safe_sd) == list(jit_sd)
+    for key, value in jit_sd.items():
+        assert safe_sd[key].dtype == value.dtype, key
+        assert torch.equal(safe_sd[key], value), key
+
+    marker = tmp_path / 'code_ran'
+    loud = tmp_path / 'ViT-loud.pt'
+    ref.save_openai_torchscript(clip_sd, str(loud), load_marker=str(marker))
+    proc = run_convert_tool(loud, tmp_path / 'loud', *args)
+    assert proc.returncode == 1
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith(f'error: {loud} cannot be read'), proc.stderr
+    assert '__setstate__' in message and '--allow-pickle' in message
+    assert not marker.exists()
+    assert not (tmp_path / 'loud').exists()
+
+
 def test_convert_tool_end_to_end(clip_sd, tmp_path):
     src = clip4clip_state_dict(clip_sd, 'seqTransf', seed=30)
     path = tmp_path / 'pytorch_model.bin.1'
     torch.save(src, path)
     out = tmp_path / 'converted'
     max_words, max_frames = 12, 6
-    env = dict(os.environ,
-               PYTHONPATH=os.pathsep.join(
-                   [str(REPO), os.environ.get('PYTHONPATH', '')]))
-    proc = subprocess.run([
-        sys.executable, 'tools/convert_checkpoint.py', str(path), str(out),
-        '--format', 'clip4clip', '--max-words', str(max_words),
-        '--max-frames', str(max_frames), '--base-config', str(BASE_CONFIG)
-    ], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    proc = run_convert_tool(path, out, '--format', 'clip4clip',
+                            '--max-words', str(max_words),
+                            '--max-frames', str(max_frames))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     cfg = Config.fromfile(str(out / 'config.py'))

@@ -61,12 +61,14 @@ def load_source(path: str, fmt: str, allow_pickle: bool = False) -> dict:
     ``clip4clip`` and ``mmaction2`` files are read with torch's safe loader;
     a file holding other pickled objects (an mmengine training checkpoint's
     message hub, say) is refused unless ``allow_pickle`` says the file is
-    trusted, because unpickling it can run code.
+    trusted, because unpickling it can run code. ``openai`` archives are read
+    as data, without running their TorchScript code, unless ``allow_pickle``
+    (see :func:`load_openai_state_dict`).
     """
     if fmt not in FORMATS:
         raise ValueError(f'unknown format {fmt!r}; expected one of {FORMATS}')
     if fmt == 'openai':
-        return load_openai_state_dict(path)
+        return load_openai_state_dict(path, allow_pickle=allow_pickle)
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=not allow_pickle)
     except pickle.UnpicklingError as err:
