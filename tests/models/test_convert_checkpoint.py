@@ -715,6 +715,23 @@ def test_head_layer_norm_eps(header, clip_sd, tmp_path):
     assert_scores_close(model.sim_matrix(ids, attn, frames, mask), expected)
 
 
+def test_export_leaves_no_partial_output(clip_sd, tmp_path, monkeypatch):
+    """A write that fails half-way leaves no model.pth under its real name."""
+    path = tmp_path / 'pytorch_model.bin.1'
+    torch.save(clip4clip_state_dict(clip_sd, 'meanP'), path)
+
+    def save_half(obj, f) -> None:
+        Path(f).write_bytes(b'PK\x03\x04 only the start')
+        raise OSError('No space left on device')
+
+    monkeypatch.setattr(torch, 'save', save_half)
+    out = tmp_path / 'out'
+    with pytest.raises(OSError, match='No space left'):
+        export_converted(str(path), str(out), 'clip4clip', str(BASE_CONFIG),
+                         max_words=12, max_frames=6)
+    assert list(out.iterdir()) == []
+
+
 # ---- 4. the command-line tool -----------------------------------------------
 def run_convert_tool(src: Path, out: Path,
                      *args: str) -> subprocess.CompletedProcess:

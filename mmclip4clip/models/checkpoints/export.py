@@ -6,6 +6,8 @@ from pathlib import Path
 import torch
 from mmengine.config import Config
 
+from mmclip4clip.utils.fileio import atomic_path, atomic_write
+
 from .retriever import build_converted, convert_checkpoint, load_source
 from .stored_config import mmaction2_adapter_heads
 
@@ -92,6 +94,9 @@ def export_converted(src: str, out_dir: str, fmt: str, base_config: str,
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, cfg_path = out / 'model.pth', out / 'config.py'
     meta = dict(source=str(src), format=fmt, model=repr(model_cfg['head']))
-    torch.save(dict(state_dict=model.state_dict(), meta=meta), ckpt_path)
-    cfg.dump(str(cfg_path))
+    with atomic_path(ckpt_path) as tmp:
+        torch.save(dict(state_dict=model.state_dict(), meta=meta), tmp)
+    # What Config.dump writes for a .py config, but whole or not at all.
+    with atomic_write(cfg_path, 'w', encoding='utf-8') as f:
+        f.write(cfg.pretty_text)
     return ckpt_path, cfg_path
