@@ -3,12 +3,14 @@
     python tools/convert_checkpoint.py SRC OUT_DIR --format {openai,clip4clip,mmaction2}
         [--sim-header {meanP,seqLSTM,seqTransf,tightTransf}] [--linear-patch {2d,3d}]
         [--max-words 32] [--max-frames 12] [--base-config CONFIG] [--allow-pickle]
+        [--num-heads N]
 
 Writes OUT_DIR/model.pth and OUT_DIR/config.py, so that
 ``python tools/test.py OUT_DIR/config.py OUT_DIR/model.pth`` evaluates it on
 the base config's data (MSR-VTT 1k-A by default).
 """
 import argparse
+import sys
 from pathlib import Path
 
 import mmclip4clip  # noqa: F401  (registers every component)
@@ -38,19 +40,27 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--base-config', default=str(DEFAULT_BASE),
                         help='config whose data, schedule and runtime the '
                         'written config keeps (default: %(default)s)')
+    parser.add_argument('--num-heads', type=int,
+                        help='mmaction2 only: attention heads of the '
+                        'TransformerAdapter (default: the config stored in '
+                        'the checkpoint; the weights do not tell)')
     parser.add_argument('--allow-pickle', action='store_true',
                         help='load a trusted checkpoint that holds pickled '
-                        'objects (unpickling can run code from the file)')
+                        'objects, or an OpenAI archive with torch.jit.load '
+                        '(either can run code from the file)')
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    ckpt, cfg = export_converted(
-        args.src, args.out_dir, args.format, args.base_config,
-        sim_header=args.sim_header, linear_patch=args.linear_patch,
-        max_words=args.max_words, max_frames=args.max_frames,
-        allow_pickle=args.allow_pickle)
+    try:
+        ckpt, cfg = export_converted(
+            args.src, args.out_dir, args.format, args.base_config,
+            sim_header=args.sim_header, linear_patch=args.linear_patch,
+            max_words=args.max_words, max_frames=args.max_frames,
+            allow_pickle=args.allow_pickle, num_heads=args.num_heads)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f'error: {err}')
     print(f'wrote {ckpt}\nwrote {cfg}\n'
           f'evaluate: python tools/test.py {cfg} {ckpt}')
 

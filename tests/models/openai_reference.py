@@ -193,6 +193,31 @@ class _Transformer(_Identity):
         self.resblocks = nn.Sequential(*[_Block(width) for _ in range(layers)])
 
 
+class _LayerNormThatTouches(nn.LayerNorm):
+    """A LayerNorm whose TorchScript ``__setstate__`` creates ``marker``.
+
+    ``torch.jit.load`` runs ``__setstate__`` while loading, so the file
+    appears exactly when a loader executes the archive's code. The result
+    of ``torch.from_file`` is used so the compiler cannot drop the call.
+    """
+
+    def __init__(self, width: int, marker: str) -> None:
+        super().__init__(width)
+        self.marker = marker
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[Tensor, Tensor, bool, str]:
+        return self.weight, self.bias, self.training, self.marker
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[Tensor, Tensor, bool, str]) -> None:
+        touched = torch.from_file(state[3], True, 1, dtype=torch.uint8)
+        self.weight = state[0]
+        self.bias = state[1]
+        self.training = state[2] and touched.numel() == 1
+        self.marker = state[3]
+
+
 def _count_blocks(sd: dict[str, Tensor], prefix: str) -> int:
     i = 0
     while f'{prefix}{i}.ln_1.weight' in sd:
@@ -201,7 +226,8 @@ def _count_blocks(sd: dict[str, Tensor], prefix: str) -> int:
 
 
 def save_openai_torchscript(sd: dict[str, Tensor], path: str,
-                            with_metadata: bool = True) -> None:
+                            with_metadata: bool = True,
+                            load_marker: str | None = None) -> None:
     """Write a TorchScript archive whose ``state_dict()`` is ``sd``.
 
     A module tree with OpenAI's attribute names (blocks built on
@@ -209,6 +235,8 @@ def save_openai_torchscript(sd: dict[str, Tensor], path: str,
     appear as in the real archives) holds ``sd``'s tensors with their
     dtypes. With ``with_metadata`` it also holds the archives' non-weight
     buffers ``input_resolution``, ``context_length`` and ``vocab_size``.
+    With ``load_marker``, ``ln_final`` carries a ``__setstate__`` that
+    creates that file when the archive is loaded (code run at load time).
     """
     width = sd['ln_final.weight'].shape[0]
     vision_width = sd['visual.conv1.weight'].shape[0]
@@ -222,7 +250,8 @@ def save_openai_torchscript(sd: dict[str, Tensor], path: str,
     root.transformer = _Transformer(
         width, _count_blocks(sd, 'transformer.resblocks.'))
     root.token_embedding = nn.Embedding(1, width)
-    root.ln_final = nn.LayerNorm(width)
+    root.ln_final = (nn.LayerNorm(width) if load_marker is None else
+                     _LayerNormThatTouches(width, load_marker))
     for name in ('positional_embedding', 'text_projection', 'logit_scale',
                  'visual.class_embedding', 'visual.positional_embedding',
                  'visual.proj'):

@@ -32,6 +32,11 @@ from mmclip4clip.models.checkpoints.retriever import (
     convert_checkpoint,
     load_source,
 )
+from mmclip4clip.models.checkpoints.stored_config import (
+    NOT_LITERAL,
+    config_literals,
+    mmaction2_adapter_heads,
+)
 
 # The stand-in archives need torch.jit.script, deprecated in recent torch.
 pytestmark = pytest.mark.filterwarnings(
@@ -107,11 +112,12 @@ def quick_gelu(x: Tensor) -> Tensor:
     return x * torch.sigmoid(1.702 * x)
 
 
-def attention(x: Tensor, sd: dict[str, Tensor], name: str) -> Tensor:
+def attention(x: Tensor, sd: dict[str, Tensor], name: str,
+              heads: int | None = None) -> Tensor:
     """Unmasked, non-causal multi-head self-attention of one sequence [S, W]:
-    per head softmax(q k^T / sqrt(d)) v, heads = W // 64."""
+    per head softmax(q k^T / sqrt(d)) v, heads = W // 64 unless given."""
     s, width = x.shape
-    heads = width // HEAD_WIDTH
+    heads = heads or width // HEAD_WIDTH
     d = width // heads
     qkv = x @ sd[f'{name}.in_proj_weight'].t() + sd[f'{name}.in_proj_bias']
     q, k, v = (t.reshape(s, heads, d).transpose(0, 1)
@@ -121,12 +127,14 @@ def attention(x: Tensor, sd: dict[str, Tensor], name: str) -> Tensor:
     return linear(out, sd, f'{name}.out_proj')
 
 
-def blocks(x: Tensor, sd: dict[str, Tensor], prefix: str, eps: float) -> Tensor:
+def blocks(x: Tensor, sd: dict[str, Tensor], prefix: str, eps: float,
+           heads: int | None = None) -> Tensor:
     """Pre-LN residual blocks ``{prefix}{i}.*`` (QuickGELU MLP) on [S, W]."""
     i = 0
     while f'{prefix}{i}.ln_1.weight' in sd:
         b = f'{prefix}{i}'
-        x = x + attention(layer_norm(x, sd, f'{b}.ln_1', eps), sd, f'{b}.attn')
+        x = x + attention(layer_norm(x, sd, f'{b}.ln_1', eps), sd, f'{b}.attn',
+                          heads)
         h = quick_gelu(linear(layer_norm(x, sd, f'{b}.ln_2', eps), sd,
                               f'{b}.mlp.c_fc'))
         x = x + linear(h, sd, f'{b}.mlp.c_proj')
@@ -232,9 +240,10 @@ def clip4clip_scores(src: dict[str, Tensor], header: str, ids: Tensor,
 
 @torch.no_grad()
 def mmaction2_scores(sd: dict[str, Tensor], ids: Tensor, frames: Tensor,
-                     eps: float = CLIP_EPS) -> Tensor:
+                     eps: float = CLIP_EPS, heads: int | None = None) -> Tensor:
     """[N, M] scores of an mmaction2 state dict, all frames real;
-    ``eps``: the adapter's LayerNorm eps."""
+    ``eps``: the adapter's LayerNorm eps, ``heads``: its attention heads
+    (default width // 64)."""
     clip_sd = strip_clip(sd)
     text = F.normalize(ref.encode_text(clip_sd, ids), dim=-1)
     videos_ = []
@@ -242,7 +251,8 @@ def mmaction2_scores(sd: dict[str, Tensor], ids: Tensor, frames: Tensor,
         f = ref.encode_image(clip_sd, video)  # [T, D], unnormalised
         if 'adapter.positional_embedding' in sd:
             x = f + sd['adapter.positional_embedding']
-            f = blocks(x, sd, 'adapter.transformer.resblocks.', eps) + f
+            f = blocks(x, sd, 'adapter.transformer.resblocks.', eps,
+                       heads) + f
         videos_.append(F.normalize(f.mean(dim=0), dim=-1))
     return clip_sd['logit_scale'].exp() * text @ torch.stack(videos_).t()
 
@@ -303,10 +313,38 @@ def mmaction2_state_dict(clip_sd: dict[str, Tensor], adapter: bool,
     return sd
 
 
-def load_converted(path: Path, fmt: str, **kwargs):
-    """load_source -> convert_checkpoint -> build_converted."""
-    state_dict, model_cfg = convert_checkpoint(load_source(str(path), fmt),
-                                               fmt, **kwargs)
+def mmaction2_config_text(num_segs: int, heads: int | None,
+                          width: int = D, layers: int = N_CROSS) -> str:
+    """The config an mmengine runner stores as ``meta['cfg']``
+    (``Config.pretty_text``) for mmaction2's CLIP4Clip; ``heads=None``: the
+    SimpleMeanAdapter."""
+    adapter = dict(type='SimpleMeanAdapter') if heads is None else dict(
+        type='TransformerAdapter', num_segs=num_segs,
+        transformer_width=width, transformer_heads=heads,
+        transformer_layers=layers)
+    return Config(dict(
+        model=dict(type='CLIPSimilarity', clip_arch='ViT-B/32',
+                   to_float32=True, frozen_layers=0, adapter=adapter),
+        train_cfg=dict(type='EpochBasedTrainLoop', max_epochs=5))).pretty_text
+
+
+def save_mmaction2_checkpoint(path: Path, sd: dict[str, Tensor],
+                              cfg_text: str | None) -> None:
+    """A runner checkpoint: ``meta`` (with the config text, if given) and
+    the state dict."""
+    meta = {'epoch': 5} if cfg_text is None else {'epoch': 5, 'cfg': cfg_text}
+    torch.save({'meta': meta, 'state_dict': sd}, path)
+
+
+def load_converted(path: Path, fmt: str, num_heads: int | None = None,
+                   **kwargs):
+    """load_source -> (mmaction2: adapter heads) -> convert_checkpoint ->
+    build_converted, as export_converted does."""
+    source = load_source(str(path), fmt)
+    if fmt == 'mmaction2':
+        num_heads = mmaction2_adapter_heads(str(path), source, num_heads)
+    state_dict, model_cfg = convert_checkpoint(source, fmt,
+                                               num_heads=num_heads, **kwargs)
     return build_converted(state_dict, model_cfg), model_cfg
 
 
@@ -519,7 +557,8 @@ def test_mmaction2_checkpoint(adapter, clip_sd, tmp_path):
                           seed=6)
     sd = mmaction2_state_dict(clip_sd, adapter, num_segs)
     path = tmp_path / 'epoch_5.pth'
-    torch.save({'meta': {'epoch': 5}, 'state_dict': sd}, path)
+    save_mmaction2_checkpoint(path, sd, mmaction2_config_text(
+        num_segs, 2 if adapter else None))
     model, cfg = load_converted(path, 'mmaction2')
     if adapter:
         assert cfg['head'] == dict(type='MMAction2TransformerHead',
@@ -541,13 +580,106 @@ def test_mmaction2_checkpoint(adapter, clip_sd, tmp_path):
 def test_mmaction2_max_frames_must_equal_num_segs(clip_sd, tmp_path):
     sd = mmaction2_state_dict(clip_sd, True, num_segs=4)
     path = tmp_path / 'epoch_5.pth'
-    torch.save({'meta': {'epoch': 5}, 'state_dict': sd}, path)
+    save_mmaction2_checkpoint(path, sd, mmaction2_config_text(4, 2))
     with pytest.raises(ValueError, match='--max-frames 4'):
         export_converted(str(path), str(tmp_path / 'bad'), 'mmaction2',
                          str(BASE_CONFIG), max_frames=6, max_words=12)
     ckpt, cfg = export_converted(str(path), str(tmp_path / 'out'), 'mmaction2',
                                  str(BASE_CONFIG), max_frames=4, max_words=12)
     assert ckpt.is_file() and cfg.is_file()
+
+
+def test_mmaction2_adapter_heads_come_from_the_stored_config(clip_sd,
+                                                            tmp_path):
+    """The weights do not fix the TransformerAdapter's head count: it is read
+    from the config the runner stored (parsed, never run), --num-heads
+    overrides it, and without either the conversion is refused."""
+    num_segs, heads = 4, 4  # width // 64 would be 2
+    ids, attn = captions(CLIP_KW['vocab'], seed=11)
+    frames, mask = videos((num_segs, ) * 3, num_segs, CLIP_KW['image_size'],
+                          seed=12)
+    sd = mmaction2_state_dict(clip_sd, True, num_segs)
+    expected = mmaction2_scores(sd, ids, frames, heads=heads)
+    per_64 = mmaction2_scores(sd, ids, frames, heads=D // 64)
+    assert_differ(expected, per_64, frac=0.01)
+
+    # Code in the stored text would create these paths if it ran.
+    ran = [tmp_path / 'statement_ran', tmp_path / 'value_ran']
+    text = (f'import os\nos.mkdir({str(ran[0])!r})\n'
+            + mmaction2_config_text(num_segs, heads)
+            + f'work_dir = os.mkdir({str(ran[1])!r})\n')
+    path = tmp_path / 'epoch_5.pth'
+    save_mmaction2_checkpoint(path, sd, text)
+    model, cfg = load_converted(path, 'mmaction2')
+    assert cfg['head']['num_heads'] == heads
+    assert_scores_close(model.sim_matrix(ids, attn, frames, mask), expected)
+    assert not any(p.exists() for p in ran)
+
+    with pytest.warns(UserWarning, match='transformer_heads=4'):
+        model, cfg = load_converted(path, 'mmaction2', num_heads=2)
+    assert cfg['head']['num_heads'] == 2
+    assert_scores_close(model.sim_matrix(ids, attn, frames, mask), per_64)
+
+    bare = tmp_path / 'bare.pth'
+    save_mmaction2_checkpoint(bare, sd, None)
+    with pytest.raises(ValueError, match=r'bare\.pth .*--num-heads'):
+        load_converted(bare, 'mmaction2')
+    _, cfg = load_converted(bare, 'mmaction2', num_heads=heads)
+    assert cfg['head']['num_heads'] == heads
+    # The converter itself never guesses.
+    with pytest.raises(ValueError, match='num_heads'):
+        convert_checkpoint(load_source(str(bare), 'mmaction2'), 'mmaction2')
+
+
+@pytest.mark.parametrize('case, match', [
+    ('other_width', r'transformer_width=256.*128'),
+    ('other_layers', r'transformer_layers=3.*2'),
+    ('heads_not_literal', r'transformer_heads.*--num-heads'),
+    ('heads_not_dividing', r'3 heads.*128'),
+    ('mean_adapter', 'SimpleMeanAdapter'),
+])
+def test_mmaction2_stored_config_that_does_not_fit_is_refused(
+        case, match, clip_sd, tmp_path):
+    sd = mmaction2_state_dict(clip_sd, True, num_segs=4)
+    text = {
+        'other_width': mmaction2_config_text(4, 2, width=256),
+        'other_layers': mmaction2_config_text(4, 2, layers=3),
+        'heads_not_literal': mmaction2_config_text(4, 2).replace(
+            'transformer_heads=2', 'transformer_heads=len("ab")'),
+        'heads_not_dividing': mmaction2_config_text(4, 3),
+        'mean_adapter': mmaction2_config_text(4, None),
+    }[case]
+    path = tmp_path / f'{case}.pth'
+    save_mmaction2_checkpoint(path, sd, text)
+    with pytest.raises(ValueError, match=rf'{case}\.pth.*{match}'):
+        load_converted(path, 'mmaction2')
+
+
+def test_mmaction2_num_heads_applies_to_its_adapter_only(clip_sd, tmp_path):
+    sd = mmaction2_state_dict(clip_sd, False, num_segs=4)
+    path = tmp_path / 'mean.pth'
+    save_mmaction2_checkpoint(path, sd, mmaction2_config_text(4, None))
+    with pytest.raises(ValueError, match=r'mean\.pth.*no TransformerAdapter'):
+        load_converted(path, 'mmaction2', num_heads=2)
+    with pytest.raises(ValueError, match='mmaction2'):
+        convert_checkpoint(clip4clip_state_dict(clip_sd, 'seqTransf'),
+                           'clip4clip', num_heads=2)
+
+
+def test_config_literals_never_run_the_text():
+    text = (
+        'import os\n'
+        'model = dict(type="M", heads=-4, sizes=[1, 2.5], pair=(1, None), '
+        'table={"a": True}, made=os.getcwd(), **extra)\n'
+        'lr = 1e-05\n'
+        'os.mkdir("x")\n'
+        'lr = 2e-05\n')
+    found = config_literals(text)
+    assert found == {'model': NOT_LITERAL, 'lr': 2e-05}
+    found = config_literals(text.replace(', **extra', ''))
+    assert found['model'] == dict(type='M', heads=-4, sizes=[1, 2.5],
+                                  pair=(1, None), table={'a': True},
+                                  made=NOT_LITERAL)
 
 
 # ---- LayerNorm eps of the heads --------------------------------------------
@@ -563,7 +695,8 @@ def test_head_layer_norm_eps(header, clip_sd, tmp_path):
         frames, mask = videos((4, 4, 4), 4, CLIP_KW['image_size'], seed=9)
         sd = mmaction2_state_dict(small, True, num_segs=4)
         sd['adapter.positional_embedding'] *= 1e-3
-        torch.save({'meta': {'epoch': 5}, 'state_dict': sd}, tmp_path / 'a.pth')
+        save_mmaction2_checkpoint(tmp_path / 'a.pth', sd,
+                                  mmaction2_config_text(4, 2))
         expected = mmaction2_scores(sd, ids, frames)
         other = mmaction2_scores(sd, ids, frames, eps=CROSS_EPS)
     else:
@@ -582,21 +715,79 @@ def test_head_layer_norm_eps(header, clip_sd, tmp_path):
     assert_scores_close(model.sim_matrix(ids, attn, frames, mask), expected)
 
 
+def test_export_leaves_no_partial_output(clip_sd, tmp_path, monkeypatch):
+    """A write that fails half-way leaves no model.pth under its real name."""
+    path = tmp_path / 'pytorch_model.bin.1'
+    torch.save(clip4clip_state_dict(clip_sd, 'meanP'), path)
+
+    def save_half(obj, f) -> None:
+        Path(f).write_bytes(b'PK\x03\x04 only the start')
+        raise OSError('No space left on device')
+
+    monkeypatch.setattr(torch, 'save', save_half)
+    out = tmp_path / 'out'
+    with pytest.raises(OSError, match='No space left'):
+        export_converted(str(path), str(out), 'clip4clip', str(BASE_CONFIG),
+                         max_words=12, max_frames=6)
+    assert list(out.iterdir()) == []
+
+
 # ---- 4. the command-line tool -----------------------------------------------
+def run_convert_tool(src: Path, out: Path,
+                     *args: str) -> subprocess.CompletedProcess:
+    """``tools/convert_checkpoint.py SRC OUT ARGS`` on the tiny base config."""
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join(
+                   [str(REPO), os.environ.get('PYTHONPATH', '')]))
+    return subprocess.run([
+        sys.executable, 'tools/convert_checkpoint.py', str(src), str(out),
+        *args, '--base-config', str(BASE_CONFIG)
+    ], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_convert_tool_reads_openai_archive_without_its_code(
+        clip_sd, openai_archive, tmp_path):
+    """Read as data, the archive converts exactly as through torch.jit.load
+    (the --allow-pickle path, as before); an archive whose __setstate__
+    runs at load is refused with nothing run and nothing written."""
+    args = ('--format', 'openai', '--sim-header', 'seqTransf',
+            '--max-words', '12', '--max-frames', '6')
+    outputs = {}
+    for name, extra in [('safe', ()), ('jit', ('--allow-pickle', ))]:
+        out = tmp_path / name
+        proc = run_convert_tool(openai_archive, out, *args, *extra)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        ckpt = torch.load(out / 'model.pth', map_location='cpu',
+                          weights_only=True)
+        outputs[name] = (ckpt['state_dict'], (out / 'config.py').read_text())
+    (safe_sd, safe_cfg), (jit_sd, jit_cfg) = outputs['safe'], outputs['jit']
+    assert safe_cfg == jit_cfg
+    assert list(safe_sd) == list(jit_sd)
+    for key, value in jit_sd.items():
+        assert safe_sd[key].dtype == value.dtype, key
+        assert torch.equal(safe_sd[key], value), key
+
+    marker = tmp_path / 'code_ran'
+    loud = tmp_path / 'ViT-loud.pt'
+    ref.save_openai_torchscript(clip_sd, str(loud), load_marker=str(marker))
+    proc = run_convert_tool(loud, tmp_path / 'loud', *args)
+    assert proc.returncode == 1
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith(f'error: {loud} cannot be read'), proc.stderr
+    assert '__setstate__' in message and '--allow-pickle' in message
+    assert not marker.exists()
+    assert not (tmp_path / 'loud').exists()
+
+
 def test_convert_tool_end_to_end(clip_sd, tmp_path):
     src = clip4clip_state_dict(clip_sd, 'seqTransf', seed=30)
     path = tmp_path / 'pytorch_model.bin.1'
     torch.save(src, path)
     out = tmp_path / 'converted'
     max_words, max_frames = 12, 6
-    env = dict(os.environ,
-               PYTHONPATH=os.pathsep.join(
-                   [str(REPO), os.environ.get('PYTHONPATH', '')]))
-    proc = subprocess.run([
-        sys.executable, 'tools/convert_checkpoint.py', str(path), str(out),
-        '--format', 'clip4clip', '--max-words', str(max_words),
-        '--max-frames', str(max_frames), '--base-config', str(BASE_CONFIG)
-    ], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    proc = run_convert_tool(path, out, '--format', 'clip4clip',
+                            '--max-words', str(max_words),
+                            '--max-frames', str(max_frames))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     cfg = Config.fromfile(str(out / 'config.py'))

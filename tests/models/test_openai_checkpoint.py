@@ -6,11 +6,14 @@ features must equal those of ``openai_reference``, which reads the OpenAI
 layout directly.
 """
 import inspect
+import os
+import pickle
+import zipfile
 
 import openai_reference as ref
 import pytest
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import CLIPModel
 
 from mmclip4clip.models.checkpoints import (
@@ -18,6 +21,9 @@ from mmclip4clip.models.checkpoints import (
     load_openai_state_dict,
     openai_clip_config,
     openai_to_hf,
+)
+from mmclip4clip.models.checkpoints.torchscript import (
+    read_torchscript_state_dict,
 )
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -107,6 +113,90 @@ def test_torchscript_archive_as_written(checkpoint):
     for key, value in checkpoint['sd'].items():
         assert loaded[key].dtype == torch.float32
         assert torch.equal(loaded[key], value), key
+
+
+def assert_same_state(actual: dict[str, Tensor],
+                      expected: dict[str, Tensor]) -> None:
+    """Same keys in the same order, same dtypes and shapes, equal values."""
+    assert list(actual) == list(expected)
+    for key, value in expected.items():
+        assert actual[key].dtype == value.dtype, key
+        assert torch.equal(actual[key], value), key
+
+
+def test_archive_read_as_data_equals_torch_jit_load(checkpoint, monkeypatch):
+    """The archive's tensors come out of its pickle as torch.jit.load gives
+    them, and loading an OpenAI archive does not call torch.jit.load."""
+    expected = torch.jit.load(checkpoint['path']).state_dict()
+    assert_same_state(read_torchscript_state_dict(checkpoint['path']),
+                      expected)
+
+    def no_jit(*args, **kwargs):
+        raise AssertionError('torch.jit.load runs the archive\'s code')
+
+    monkeypatch.setattr(torch.jit, 'load', no_jit)
+    loaded = load_openai_state_dict(checkpoint['path'])
+    assert set(loaded) == set(checkpoint['sd'])
+    for key, value in checkpoint['sd'].items():
+        assert torch.equal(loaded[key], value), key
+
+
+def test_archive_whose_code_runs_at_load_is_refused(tmp_path):
+    """ln_final's __setstate__ creates a file when torch.jit.load runs it:
+    the safe reader refuses the archive, naming it, and nothing runs."""
+    sd = ref.make_openai_state_dict(seed=6)
+    marker = tmp_path / 'code_ran'
+    path = tmp_path / 'ViT-loud.pt'
+    ref.save_openai_torchscript(sd, str(path), load_marker=str(marker))
+    with pytest.raises(ValueError, match=r'ViT-loud\.pt.*__setstate__'):
+        load_openai_state_dict(str(path))
+    assert not marker.exists()
+    # Trusted, it is loaded as before, by torch.jit.load: the code runs.
+    loaded = load_openai_state_dict(str(path), allow_pickle=True)
+    assert marker.exists()
+    assert set(loaded) == set(sd)
+    for key, value in sd.items():
+        assert torch.equal(loaded[key], value), key
+
+
+def test_archive_of_another_model_is_refused(tmp_path):
+    path = tmp_path / 'not_clip.pt'
+    torch.jit.script(nn.Sequential(nn.Linear(3, 2))).save(str(path))
+    with pytest.raises(ValueError, match=r"not_clip\.pt.*'0\.weight'"):
+        load_openai_state_dict(str(path))
+    assert set(load_openai_state_dict(str(path), allow_pickle=True)) == {
+        '0.weight', '0.bias'}
+
+
+class _MakeDirectory:
+    """Unpickles as ``os.mkdir(path)``: a pickle that runs code."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (self.path, )
+
+
+def test_archive_pickle_with_other_globals_is_refused(checkpoint, tmp_path):
+    """An archive whose data.pkl calls a function outside the tensor and
+    container globals is refused before anything is called."""
+    marker = tmp_path / 'pickle_ran'
+    payload = pickle.dumps(_MakeDirectory(str(marker)), protocol=2)
+    path = tmp_path / 'forged.pt'
+    with zipfile.ZipFile(checkpoint['path']) as src, \
+            zipfile.ZipFile(path, 'w') as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith('/data.pkl'):
+                data = payload
+            dst.writestr(info.filename, data)
+    for load in (read_torchscript_state_dict, load_openai_state_dict):
+        with pytest.raises(ValueError, match=r'forged\.pt.*mkdir'):
+            load(str(path))
+    assert not marker.exists()
+    pickle.loads(payload)  # the payload is live: plain unpickling runs it
+    assert marker.is_dir()
 
 
 def test_text_features_equal_reference(checkpoint):
@@ -216,8 +306,9 @@ def test_fp16_archive_comes_back_float32(tmp_path):
     half = {k: v.half() if v.dim() >= 2 else v for k, v in sd.items()}
     path = str(tmp_path / 'ViT-fp16.pt')
     ref.save_openai_torchscript(half, path)
-    assert torch.jit.load(path).state_dict()['text_projection'].dtype == \
-        torch.float16
+    archive = torch.jit.load(path).state_dict()
+    assert archive['text_projection'].dtype == torch.float16
+    assert_same_state(read_torchscript_state_dict(path), archive)
     loaded = load_openai_state_dict(path)
     assert {v.dtype for v in loaded.values()} == {torch.float32}
     for key, value in half.items():

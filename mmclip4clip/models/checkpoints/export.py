@@ -6,7 +6,10 @@ from pathlib import Path
 import torch
 from mmengine.config import Config
 
+from mmclip4clip.utils.fileio import atomic_path, atomic_write
+
 from .retriever import build_converted, convert_checkpoint, load_source
+from .stored_config import mmaction2_adapter_heads
 
 # Pipeline transforms whose arguments must follow the converted weights.
 _SIZE_KEYS = {'CLIPResizeCrop': 'size', 'TokenizeCaptions': 'max_words',
@@ -47,18 +50,23 @@ def fit_data_config(cfg: Config, image_size: int, max_words: int,
 def export_converted(src: str, out_dir: str, fmt: str, base_config: str,
                      sim_header: str | None = None,
                      linear_patch: str | None = None, max_words: int = 32,
-                     max_frames: int = 12,
-                     allow_pickle: bool = False) -> tuple[Path, Path]:
+                     max_frames: int = 12, allow_pickle: bool = False,
+                     num_heads: int | None = None) -> tuple[Path, Path]:
     """Convert ``src`` and write ``out_dir/model.pth`` and
     ``out_dir/config.py`` (``base_config``'s data, schedule and runtime with
     the converted model); returns both paths.
 
-    The model config's shapes are read off the weights; the pipelines get
-    the weights' image size and the given ``max_words`` / ``max_frames``.
+    The model config's shapes are read off the weights, and an mmaction2
+    adapter's head count off the config stored in the checkpoint unless
+    ``num_heads`` is given; the pipelines get the weights' image size and the
+    given ``max_words`` / ``max_frames``.
     """
     source = load_source(src, fmt, allow_pickle=allow_pickle)
+    if fmt == 'mmaction2':
+        num_heads = mmaction2_adapter_heads(src, source, num_heads,
+                                            allow_pickle=allow_pickle)
     state_dict, model_cfg = convert_checkpoint(source, fmt, sim_header,
-                                               linear_patch)
+                                               linear_patch, num_heads)
     head = model_cfg['head']
     rows = head.get('max_positions')
     extra = 1 if head['type'] == 'TightTransfHead' else 0
@@ -86,6 +94,9 @@ def export_converted(src: str, out_dir: str, fmt: str, base_config: str,
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, cfg_path = out / 'model.pth', out / 'config.py'
     meta = dict(source=str(src), format=fmt, model=repr(model_cfg['head']))
-    torch.save(dict(state_dict=model.state_dict(), meta=meta), ckpt_path)
-    cfg.dump(str(cfg_path))
+    with atomic_path(ckpt_path) as tmp:
+        torch.save(dict(state_dict=model.state_dict(), meta=meta), tmp)
+    # What Config.dump writes for a .py config, but whole or not at all.
+    with atomic_write(cfg_path, 'w', encoding='utf-8') as f:
+        f.write(cfg.pretty_text)
     return ckpt_path, cfg_path

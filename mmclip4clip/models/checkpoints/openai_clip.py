@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import re
 import warnings
 from collections.abc import Mapping
@@ -41,6 +42,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 from transformers import CLIPConfig, CLIPModel
+
+from .torchscript import is_torchscript_archive, read_torchscript_state_dict
 
 __all__ = [
     'load_openai_state_dict', 'openai_clip_config', 'openai_to_hf',
@@ -105,37 +108,67 @@ _TOWERS = {
 _HEAD_WIDTH = 64
 
 
-def load_openai_state_dict(path: str) -> dict[str, Tensor]:
+def load_openai_state_dict(path: str,
+                           allow_pickle: bool = False) -> dict[str, Tensor]:
     """Read an OpenAI CLIP checkpoint file into a float32 state dict.
 
     TorchScript archives (what OpenAI's ``clip`` package downloads) are read
-    with ``torch.jit.load``; anything else is tried as a plain ``torch.save``
-    state dict (possibly nested under ``'state_dict'``), with
-    ``weights_only=True`` so that no pickled code runs. The metadata entries
-    ``input_resolution``, ``context_length`` and ``vocab_size`` are dropped
-    and floating-point tensors are cast to float32 (the archives store fp16).
+    as data by :func:`read_torchscript_state_dict`, without running their
+    code, and must hold OpenAI CLIP's keys only; anything else is tried as a
+    plain ``torch.save`` state dict (possibly nested under ``'state_dict'``)
+    with ``weights_only=True``. ``allow_pickle`` says the file is trusted:
+    archives are then loaded with ``torch.jit.load`` (which runs an archive's
+    ``__setstate__`` code) and plain files without ``weights_only``. The
+    metadata entries ``input_resolution``, ``context_length`` and
+    ``vocab_size`` are dropped and floating-point tensors are cast to float32
+    (the archives store fp16).
 
     Raises:
         FileNotFoundError: ``path`` is not a file.
         ValueError: ``path`` is neither a TorchScript archive nor a state
-            dict of tensors.
+            dict of tensors, or (without ``allow_pickle``) an archive whose
+            state only its own code can rebuild or whose modules are not
+            OpenAI CLIP's.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f'no CLIP checkpoint file at {path!r}')
-    try:
+    trust_hint = ('if you trust the file, load it with allow_pickle=True '
+                  '(convert_checkpoint.py --allow-pickle)')
+    archive = is_torchscript_archive(path)
+    if archive and allow_pickle:
         with warnings.catch_warnings():
             # torch 2.10+ deprecates TorchScript, yet OpenAI ships only that.
             warnings.filterwarnings('ignore', category=DeprecationWarning,
                                     message='.*torch.jit.load.*')
             state = torch.jit.load(path, map_location='cpu').state_dict()
-    except Exception as jit_err:  # not TorchScript: try a plain state dict
+    elif archive:
         try:
-            state = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as load_err:
+            state = read_torchscript_state_dict(path)
+        except ValueError as err:
+            raise ValueError(f'{err}; {trust_hint}') from err
+        stray = [key for key in state if key not in _NON_WEIGHT_KEYS
+                 and key.split('.', 1)[0] not in CLIP_ROOTS]
+        if stray:
+            raise ValueError(
+                f'{path} is a TorchScript archive of another model than '
+                f'OpenAI CLIP: keys {stray[:5]} belong to no CLIP module; '
+                f'{trust_hint}')
+    else:
+        try:
+            state = torch.load(path, map_location='cpu',
+                               weights_only=not allow_pickle)
+        except pickle.UnpicklingError as err:
+            # torch names the refused global on one line of its message.
+            culprit = next((line.strip() for line in str(err).splitlines()
+                            if 'GLOBAL' in line), f'{err!s:.200}')
+            raise ValueError(
+                f'{path} holds pickled objects other than tensors and plain '
+                f'containers ({culprit}); {trust_hint}') from err
+        except Exception as err:
             raise ValueError(
                 f'{path!r} is not a CLIP checkpoint: it is neither a '
-                f'TorchScript archive ({jit_err!s:.200}) nor a torch.save '
-                f'state dict ({load_err!s:.200})') from load_err
+                f'TorchScript archive nor a torch.save state dict '
+                f'({err!s:.200})') from err
         if isinstance(state, Mapping) and 'state_dict' in state:
             state = state['state_dict']
     if not isinstance(state, Mapping):

@@ -61,12 +61,14 @@ def load_source(path: str, fmt: str, allow_pickle: bool = False) -> dict:
     ``clip4clip`` and ``mmaction2`` files are read with torch's safe loader;
     a file holding other pickled objects (an mmengine training checkpoint's
     message hub, say) is refused unless ``allow_pickle`` says the file is
-    trusted, because unpickling it can run code.
+    trusted, because unpickling it can run code. ``openai`` archives are read
+    as data, without running their TorchScript code, unless ``allow_pickle``
+    (see :func:`load_openai_state_dict`).
     """
     if fmt not in FORMATS:
         raise ValueError(f'unknown format {fmt!r}; expected one of {FORMATS}')
     if fmt == 'openai':
-        return load_openai_state_dict(path)
+        return load_openai_state_dict(path, allow_pickle=allow_pickle)
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=not allow_pickle)
     except pickle.UnpicklingError as err:
@@ -171,7 +173,8 @@ def _rename(sd: Mapping[str, Tensor], renames: list[tuple[str, str]],
 
 def convert_checkpoint(sd: Mapping[str, Tensor], fmt: str,
                        sim_header: str | None = None,
-                       linear_patch: str | None = None) -> tuple[dict, dict]:
+                       linear_patch: str | None = None,
+                       num_heads: int | None = None) -> tuple[dict, dict]:
     """A source state dict -> (our state dict, our ``model`` config).
 
     Args:
@@ -183,6 +186,10 @@ def convert_checkpoint(sd: Mapping[str, Tensor], fmt: str,
         linear_patch: '2d' or '3d'; default: '3d' when the weights hold the
             3-D patch conv. For '3d' without it, the conv starts from the
             2-D kernel (spec section 1).
+        num_heads: attention heads of an ``mmaction2`` TransformerAdapter,
+            which its weights do not fix (see
+            :func:`~.stored_config.mmaction2_adapter_heads`); required for
+            one, refused for every other source.
 
     The returned state dict may lack weights the model derives from CLIP at
     construction (3-D patch conv, head started from CLIP's text tower):
@@ -190,6 +197,10 @@ def convert_checkpoint(sd: Mapping[str, Tensor], fmt: str,
     """
     if fmt not in FORMATS:
         raise ValueError(f'unknown format {fmt!r}; expected one of {FORMATS}')
+    if num_heads is not None and fmt != 'mmaction2':
+        raise ValueError(f'num_heads (--num-heads) applies to mmaction2\'s '
+                         f'TransformerAdapter only; {fmt} heads use one head '
+                         'per 64 channels, as the original code does')
     prefix = '' if fmt == 'openai' else 'clip.'
     ours, clip_cfg, patch = _clip_part(sd, prefix, linear_patch)
     rest = {k: v for k, v in sd.items() if not k.startswith(prefix)} \
@@ -214,7 +225,7 @@ def convert_checkpoint(sd: Mapping[str, Tensor], fmt: str,
                            f'{sorted(unknown)[:10]}')
         head = head_config(found, head_sd, embed_dim, context)
     else:  # mmaction2
-        head_sd, head = _mmaction2_head(rest, sim_header)
+        head_sd, head = _mmaction2_head(rest, sim_header, num_heads)
 
     model = dict(
         type='CLIP4Clip',
@@ -224,8 +235,8 @@ def convert_checkpoint(sd: Mapping[str, Tensor], fmt: str,
     return {**ours, **head_sd}, model
 
 
-def _mmaction2_head(rest: Mapping[str, Tensor],
-                    sim_header: str | None) -> tuple[dict, dict]:
+def _mmaction2_head(rest: Mapping[str, Tensor], sim_header: str | None,
+                    num_heads: int | None) -> tuple[dict, dict]:
     unknown = [k for k in rest if not k.startswith('adapter.')]
     if unknown:
         raise KeyError(f'keys of no mmaction2 CLIP4Clip module: '
@@ -234,7 +245,14 @@ def _mmaction2_head(rest: Mapping[str, Tensor],
         raise ValueError('an mmaction2 checkpoint keeps its own adapter; '
                          'do not pass --sim-header')
     if 'adapter.positional_embedding' not in rest:
+        if num_heads is not None:
+            raise ValueError('num_heads is given, but the checkpoint has no '
+                             'TransformerAdapter')
         return {}, dict(type='MMAction2MeanHead')
+    if num_heads is None:
+        raise ValueError('the TransformerAdapter\'s num_heads is not in its '
+                         'weights: read it from the checkpoint\'s stored '
+                         'config with mmaction2_adapter_heads or pass it')
     table = rest['adapter.positional_embedding']
     head_sd, unknown = _rename(
         rest, [('adapter.positional_embedding', 'head.positional_embedding'),
@@ -246,7 +264,7 @@ def _mmaction2_head(rest: Mapping[str, Tensor],
         type='MMAction2TransformerHead', num_segs=table.shape[0],
         embed_dim=width,
         num_layers=_num_blocks(head_sd, 'head.transformer.resblocks.'),
-        num_heads=_block_heads(width))
+        num_heads=num_heads)
 
 
 def build_converted(state_dict: Mapping[str, Tensor], model_cfg: dict):
