@@ -5,48 +5,29 @@ import os.path as osp
 
 from mmengine.config import Config
 
+from mmclip4clip.engine.cfg_options import (
+    ConfigOptionError,
+    check_cfg_options,
+    check_settings,
+)
 from mmclip4clip.engine.compat import enable_cpu_distributed
 
-# Top-level keys the mmengine Runner reads, plus those our configs use.
-RUNNER_KEYS = frozenset({
-    'auto_scale_lr', 'custom_hooks', 'custom_imports', 'data_preprocessor',
-    'default_hooks', 'default_scope', 'env_cfg', 'experiment_name',
-    'launcher', 'load_from', 'log_level', 'log_processor',
-    'model_wrapper_cfg', 'optim_wrapper', 'param_scheduler', 'randomness',
-    'resume', 'test_cfg', 'test_dataloader', 'test_evaluator', 'train_cfg',
-    'train_dataloader', 'val_cfg', 'val_dataloader', 'val_evaluator',
-    'visualizer', 'model', 'work_dir', 'find_unused_parameters'
-})
+__all__ = ['ConfigOptionError', 'apply_common_args', 'finish_distributed',
+           'merge_cfg_options']
 
 
 def merge_cfg_options(cfg: Config, options: dict | None) -> None:
-    """Merge ``--cfg-options`` into ``cfg``, refusing unknown keys.
+    """Merge ``--cfg-options`` into ``cfg`` after checking every key and
+    value (:func:`check_cfg_options`), then range-check the loop and loader
+    settings of the result (:func:`check_settings`).
 
-    A dotted key must name an existing entry, or a new entry inside an
-    existing dict (e.g. ``randomness.deterministic``). A typo such as
-    ``train_cfg.max_epoch`` would otherwise surface later, or never.
-    Unknown arguments of a component (``model.head.foo``) are caught when the
-    component is built, with its class named.
+    Raises:
+        ConfigOptionError: naming the key, before anything is built.
     """
-    if not options:
-        return
-    for key in options:
-        parts = key.split('.')
-        if parts[0] not in cfg and parts[0] not in RUNNER_KEYS:
-            raise KeyError(f'--cfg-options {key}: the config has no key '
-                           f'{parts[0]!r} and the Runner does not read one')
-        node = cfg.get(parts[0])
-        for depth, part in enumerate(parts[1:-1], start=1):
-            if isinstance(node, list) and part.isdigit() \
-                    and int(part) < len(node):
-                node = node[int(part)]
-            elif isinstance(node, dict) and part in node:
-                node = node[part]
-            else:
-                raise KeyError(
-                    f'--cfg-options {key}: the config has no key '
-                    f'{".".join(parts[:depth + 1])!r}')
-    cfg.merge_from_dict(options)
+    if options:
+        check_cfg_options(cfg, options)
+        cfg.merge_from_dict(options)
+    check_settings(cfg)
 
 
 def apply_common_args(cfg: Config, config_path: str, work_dir: str | None,
