@@ -54,6 +54,10 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
         # fp16 + loss scaling on CUDA, bf16 autocast on the CPU.
         cfg.optim_wrapper.type = 'MixedPrecisionOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+        # Validation during training under autocast too, as tools/test.py
+        # --amp (mmengine's autocast: fp16 on CUDA, bf16 on the CPU).
+        if cfg.get('val_cfg') is not None:
+            cfg.val_cfg.fp16 = True
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
