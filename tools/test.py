@@ -16,6 +16,7 @@ from mmclip4clip.engine.config_utils import (
     apply_common_args,
     finish_distributed,
     merge_cfg_options,
+    naming_absent_ranks,
 )
 
 
@@ -69,9 +70,10 @@ def main() -> None:
     except ConfigOptionError as err:
         raise SystemExit(f'error: {err}') from None  # before anything runs
     cfg = merge_args(cfg, args)
-    runner = Runner.from_cfg(cfg)
-    runner.test()
-    finish_distributed()
+    with naming_absent_ranks():
+        runner = Runner.from_cfg(cfg)
+        runner.test()
+        finish_distributed()
 
 
 if __name__ == '__main__':

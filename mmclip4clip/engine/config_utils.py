@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os.path as osp
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from mmengine.config import Config
 
@@ -13,7 +16,7 @@ from mmclip4clip.engine.cfg_options import (
 from mmclip4clip.engine.compat import enable_cpu_distributed
 
 __all__ = ['ConfigOptionError', 'apply_common_args', 'finish_distributed',
-           'merge_cfg_options']
+           'merge_cfg_options', 'naming_absent_ranks']
 
 
 def merge_cfg_options(cfg: Config, options: dict | None) -> None:
@@ -56,3 +59,69 @@ def finish_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+# Store keys by which the processes whose collective timed out say so.
+_TIMED_OUT_KEY = 'mmclip4clip/collective_timed_out/rank{}'
+# How long a process whose collective timed out waits for the others to say
+# that theirs did too (their waits started at slightly different times).
+_REPORT_GRACE_S = 10.0
+
+
+def _ranks_that_did_not_report(rank: int, world_size: int) -> list[int] | None:
+    """Say through the rendezvous store that this rank's collective timed
+    out, and return the ranks that have not said so within the grace
+    period: those were not in the collective. None if the store cannot be
+    reached."""
+    from torch.distributed import distributed_c10d
+
+    try:
+        store = distributed_c10d._get_default_store()
+        store.set(_TIMED_OUT_KEY.format(rank), '1')
+        deadline = time.monotonic() + _REPORT_GRACE_S
+        while True:
+            absent = [r for r in range(world_size)
+                      if not store.check([_TIMED_OUT_KEY.format(r)])]
+            if not absent or time.monotonic() > deadline:
+                return absent
+            time.sleep(0.2)
+    except (RuntimeError, ValueError):
+        return None
+
+
+@contextmanager
+def naming_absent_ranks() -> Iterator[None]:
+    """Turn a collective timeout of a distributed run into an error that
+    names the ranks that did not take part.
+
+    gloo's timeout names only an operation (``Timed out waiting 300000ms for
+    recv``), and ``monitored_barrier`` cannot run afterwards (the timeout
+    closes the connection). Every process whose collective times out
+    records so in the rendezvous store; a rank that has not done so within
+    a few seconds was not in the collective: stopped, hung, dead or busy
+    elsewhere.
+    """
+    import torch.distributed as dist
+
+    try:
+        yield
+    except RuntimeError as err:
+        text = str(err).lower()
+        if not (dist.is_available() and dist.is_initialized()) or not (
+                'timed out' in text or 'timeout' in text):
+            raise
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        absent = _ranks_that_did_not_report(rank, world_size)
+        if absent is None:
+            who = ('the rendezvous store could not be reached to tell which '
+                   'rank was missing')
+        elif absent:
+            who = (f'rank(s) {", ".join(map(str, absent))} of {world_size} '
+                   'did not take part (stopped, hung, dead or busy elsewhere '
+                   'for longer than the timeout)')
+        else:
+            who = ('every rank timed out, each waiting in a collective the '
+                   'others did not enter')
+        raise RuntimeError(
+            f'rank {rank}: a collective operation timed out '
+            f'(env_cfg.dist_cfg.timeout): {who}') from err
