@@ -29,8 +29,38 @@ def merge_cfg_options(cfg: Config, options: dict | None) -> None:
     """
     if options:
         check_cfg_options(cfg, options)
+        old_weights = (cfg.model.get('backbone') or {}).get('pretrained') \
+            if 'model' in cfg else None
         cfg.merge_from_dict(options)
+        if 'model.backbone.pretrained' in options and not any(
+                key.endswith('.tokenizer') for key in options):
+            _tokenizers_follow_weights([cfg[key] for key in cfg.keys()],
+                                       old_weights,
+                                       options['model.backbone.pretrained'])
     check_settings(cfg)
+
+
+def _tokenizers_follow_weights(node, old: str | None, new: str) -> None:
+    """Point every ``TokenizeCaptions`` that loaded from the old CLIP
+    weights location at the new one.
+
+    The configs load CLIP's tokenizer from the weights' directory or hub id
+    (``clip_pretrained``), so ``--cfg-options model.backbone.pretrained=DIR``
+    alone would leave the tokenizer on the hub (and need the network).
+    """
+    if old is None:
+        return
+    if isinstance(node, dict):
+        if node.get('type') == 'TokenizeCaptions' and \
+                node.get('tokenizer') == old:
+            node['tokenizer'] = new
+        children = node.values()
+    elif isinstance(node, (list, tuple)):
+        children = node
+    else:
+        return
+    for child in children:
+        _tokenizers_follow_weights(child, old, new)
 
 
 def apply_common_args(cfg: Config, config_path: str, work_dir: str | None,

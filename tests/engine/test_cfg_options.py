@@ -6,6 +6,7 @@ argument crashed at the first save, a misspelt ``transformers`` config key
 was ignored, wrong value types failed deep inside torch and
 ``max_epochs=-1`` trained nothing with exit 0.
 """
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ def parsed() -> dict:
 
 
 def merged(parsed, options: dict, path=TINY) -> Config:
-    cfg = parsed[path].copy()
+    cfg = copy.deepcopy(parsed[path])
     merge_cfg_options(cfg, options)
     return cfg
 
@@ -156,3 +157,26 @@ def test_train_tool_refuses_before_training(tmp_path):
     # the data (absent from tmp_path) was never opened.
     assert not work_dir.exists()
     assert 'Traceback' not in proc.stderr
+
+
+def tokenizers(cfg: Config) -> set:
+    return {step.tokenizer for loader in ('train_dataloader', 'val_dataloader',
+                                          'test_dataloader')
+            for step in cfg[loader].dataset.pipeline
+            if step.type == 'TokenizeCaptions'}
+
+
+def test_tokenizer_follows_the_weights_given_on_the_command_line(parsed):
+    # The configs tokenize with the tokenizer saved beside the CLIP weights;
+    # pointing the weights at a local copy moves the tokenizer with them.
+    cfg = merged(parsed, {'model.backbone.pretrained': '/data/my-clip'},
+                 MSRVTT)
+    assert tokenizers(cfg) == {'/data/my-clip'}
+    # An explicit tokenizer wins.
+    cfg = merged(parsed, {
+        'model.backbone.pretrained': '/data/my-clip',
+        'val_dataloader.dataset.pipeline.4.tokenizer': '/data/tok'}, MSRVTT)
+    assert tokenizers(cfg) == {'/data/tok', 'openai/clip-vit-base-patch32'}
+    # A tokenizer of its own (the synthetic one) is left alone.
+    cfg = merged(parsed, {'model.backbone.config.projection_dim': 32})
+    assert tokenizers(cfg) == {'data/synthetic/tokenizer'}
