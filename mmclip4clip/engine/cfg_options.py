@@ -318,7 +318,8 @@ def _check_option(cfg: Config, key: str, value, options: dict) -> None:
         if part in ('type', '_scope_') and isinstance(node, dict) \
                 and depth > 0:
             argument = Argument(annotation='str')
-            if part == 'type' and resolve_type(value) is None:
+            if part == 'type' and depth == len(parts) - 1 and \
+                    resolve_type(value) is None:
                 raise _unregistered(key, value)
         if not exists and argument is None:
             raise _unknown(key, path, part, node, accepted)
