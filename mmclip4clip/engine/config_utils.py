@@ -119,6 +119,18 @@ def _ranks_that_did_not_report(rank: int, world_size: int) -> list[int] | None:
         return None
 
 
+def _is_collective_timeout(err: RuntimeError) -> bool:
+    """gloo's timeout (``Timed out waiting 300000ms for recv operation``),
+    the error of a later operation on the connection it closed, or a
+    ``torch.distributed`` error that says it timed out."""
+    import torch.distributed as dist
+
+    text = str(err).lower()
+    return ('timed out waiting' in text
+            or 'application timeout caused pair closure' in text
+            or (isinstance(err, dist.DistError) and 'time' in text))
+
+
 @contextmanager
 def naming_absent_ranks() -> Iterator[None]:
     """Turn a collective timeout of a distributed run into an error that
@@ -136,9 +148,8 @@ def naming_absent_ranks() -> Iterator[None]:
     try:
         yield
     except RuntimeError as err:
-        text = str(err).lower()
-        if not (dist.is_available() and dist.is_initialized()) or not (
-                'timed out' in text or 'timeout' in text):
+        if not (dist.is_available() and dist.is_initialized()
+                and _is_collective_timeout(err)):
             raise
         rank, world_size = dist.get_rank(), dist.get_world_size()
         absent = _ranks_that_did_not_report(rank, world_size)
