@@ -12,9 +12,11 @@ from mmengine.runner import Runner
 
 import mmclip4clip  # noqa: F401  (registers every component)
 from mmclip4clip.engine.config_utils import (
+    ConfigOptionError,
     apply_common_args,
     finish_distributed,
     merge_cfg_options,
+    naming_absent_ranks,
 )
 
 
@@ -63,11 +65,15 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
 def main() -> None:
     args = parse_args()
     cfg = Config.fromfile(args.config)
-    merge_cfg_options(cfg, args.cfg_options)
+    try:
+        merge_cfg_options(cfg, args.cfg_options)
+    except ConfigOptionError as err:
+        raise SystemExit(f'error: {err}') from None  # before anything runs
     cfg = merge_args(cfg, args)
-    runner = Runner.from_cfg(cfg)
-    runner.test()
-    finish_distributed()
+    with naming_absent_ranks():
+        runner = Runner.from_cfg(cfg)
+        runner.test()
+        finish_distributed()
 
 
 if __name__ == '__main__':

@@ -11,9 +11,11 @@ from mmengine.runner import Runner
 
 import mmclip4clip  # noqa: F401  (registers every component)
 from mmclip4clip.engine.config_utils import (
+    ConfigOptionError,
     apply_common_args,
     finish_distributed,
     merge_cfg_options,
+    naming_absent_ranks,
 )
 
 
@@ -53,6 +55,10 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
         # fp16 + loss scaling on CUDA, bf16 autocast on the CPU.
         cfg.optim_wrapper.type = 'MixedPrecisionOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+        # Validation during training under autocast too, as tools/test.py
+        # --amp (mmengine's autocast: fp16 on CUDA, bf16 on the CPU).
+        if cfg.get('val_cfg') is not None:
+            cfg.val_cfg.fp16 = True
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
@@ -71,11 +77,15 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
 def main() -> None:
     args = parse_args()
     cfg = Config.fromfile(args.config)
-    merge_cfg_options(cfg, args.cfg_options)
+    try:
+        merge_cfg_options(cfg, args.cfg_options)
+    except ConfigOptionError as err:
+        raise SystemExit(f'error: {err}') from None  # before anything runs
     cfg = merge_args(cfg, args)
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    finish_distributed()
+    with naming_absent_ranks():
+        runner = Runner.from_cfg(cfg)
+        runner.train()
+        finish_distributed()
 
 
 if __name__ == '__main__':

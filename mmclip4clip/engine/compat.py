@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import os.path as osp
 import pickle
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -84,20 +85,32 @@ def register_safe_checkpoint_loader() -> None:
         load_from_local_safely)
 
 
+# How long a gloo process waits for its peers in a collective before the job
+# ends (gloo's own default is 30 minutes, a silent wait for a hung peer).
+# ``env_cfg.dist_cfg.timeout`` (seconds) overrides it.
+CPU_COLLECTIVE_TIMEOUT_S = 300
+
+
 def enable_cpu_distributed(cfg: Config) -> None:
     """Prepare a torchrun job for CPU-only machines (gloo backend).
 
     mmengine's ``init_dist`` calls ``torch.cuda.set_device`` and its DDP
     wrapper passes ``device_ids=[local_rank]``; both fail without CUDA. We
     start the gloo process group ourselves (the Runner then skips its own
-    initialisation) and wrap the model with ``device_ids=None``.
+    initialisation) and wrap the model with ``device_ids=None``. A
+    collective waits at most ``env_cfg.dist_cfg.timeout`` seconds
+    (:data:`CPU_COLLECTIVE_TIMEOUT_S` by default) for the other processes.
+    On CUDA mmengine starts the process group with the same setting.
     """
     if torch.cuda.is_available():
         return
+    dist_cfg = (cfg.get('env_cfg') or {}).get('dist_cfg') or {}
+    timeout = dist_cfg.get('timeout') or CPU_COLLECTIVE_TIMEOUT_S
     if not dist.is_initialized():
         dist.init_process_group(
             backend='gloo', rank=int(os.environ['RANK']),
-            world_size=int(os.environ['WORLD_SIZE']))
+            world_size=int(os.environ['WORLD_SIZE']),
+            timeout=timedelta(seconds=timeout))
     wrapper = dict(cfg.get('model_wrapper_cfg') or {})
     wrapper.setdefault('type', 'MMDistributedDataParallel')
     wrapper['device_ids'] = None

@@ -1,5 +1,10 @@
 """Every shipped config parses, and its model builds (a tiny CLIP standing in
 for the real weights, which tests may not download)."""
+import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +74,82 @@ def test_config_parses_and_its_model_builds(path):
         assert sampler.max_frames == 12
         assert model.backbone.linear_patch == ('3d' if '-3d' in path.name
                                                else '2d')
+
+
+# Every config that starts from real CLIP weights.
+PRETRAINED_CONFIGS = [p for p in CONFIGS if '-clip-pre_' in p.name]
+CLIP_PRETRAINED_LINE = re.compile(r"^clip_pretrained = '[^']*'$", re.M)
+
+# Run offline in a fresh process (huggingface_hub reads HF_HUB_OFFLINE when
+# imported): every config builds its model and each TokenizeCaptions
+# transform, which tokenizes a caption.
+OFFLINE_BUILD = '''
+import json, sys
+from mmengine.config import Config
+from mmengine.registry import DefaultScope
+import mmclip4clip
+from mmclip4clip.registry import MODELS, TRANSFORMS
+
+report = {}
+for path in sys.argv[2:]:
+    try:
+        cfg = Config.fromfile(path)
+        with DefaultScope.overwrite_default_scope('mmclip4clip'):
+            MODELS.build(cfg.model)
+            tokenizers = []
+            for loader in ('train_dataloader', 'val_dataloader',
+                           'test_dataloader'):
+                for step in cfg[loader].dataset.pipeline:
+                    if step.type == 'TokenizeCaptions':
+                        TRANSFORMS.build(step)(dict(captions=['a red circle']))
+                        tokenizers.append(step.tokenizer)
+        report[path] = dict(pretrained=cfg.model.backbone.pretrained,
+                            tokenizers=tokenizers)
+    except Exception as err:
+        report[path] = dict(error=f'{type(err).__name__}: {err}')
+with open(sys.argv[1], 'w') as f:
+    json.dump(report, f)
+'''
+
+
+@pytest.fixture(scope='module')
+def local_clip(tmp_path_factory) -> Path:
+    """A Hugging Face directory with random CLIP weights (the 512-wide
+    stand-in) and a tiny tokenizer, as a user's local copy would hold."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from mmclip4clip.datasets.synthetic import build_tokenizer
+
+    out = tmp_path_factory.mktemp('weights') / 'my-clip'
+    CLIPModel(CLIPConfig(**STAND_IN_512)).save_pretrained(str(out))
+    build_tokenizer(['a red circle moves left'], out)
+    return out
+
+
+def test_one_variable_points_weights_and_tokenizer_at_a_local_copy(
+        local_clip, tmp_path):
+    # The user's edit: the one ``clip_pretrained`` line of each config.
+    copies = []
+    for path in PRETRAINED_CONFIGS:
+        text = path.read_text()
+        assert len(CLIP_PRETRAINED_LINE.findall(text)) == 1, path.name
+        text = CLIP_PRETRAINED_LINE.sub(
+            f'clip_pretrained = {str(local_clip)!r}', text)
+        text = text.replace("'_base_/", repr(f'{CONFIG_DIR}/_base_/')[:-1])
+        copy = tmp_path / path.name
+        copy.write_text(text)
+        copies.append(copy)
+    report_file = tmp_path / 'report.json'
+    env = dict(os.environ, HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1',
+               HF_HOME=str(tmp_path / 'empty_hf_home'))
+    proc = subprocess.run(
+        [sys.executable, '-c', OFFLINE_BUILD, str(report_file),
+         *map(str, copies)], env=env, capture_output=True, text=True,
+        timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(report_file.read_text())
+    assert len(report) == len(PRETRAINED_CONFIGS) > 20
+    for path, result in report.items():
+        assert 'error' not in result, (Path(path).name, result)
+        assert result['pretrained'] == str(local_clip), path
+        assert result['tokenizers'] == [str(local_clip)] * 3, path

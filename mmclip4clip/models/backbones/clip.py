@@ -130,6 +130,10 @@ class CLIPBackbone(BaseModule):
             of index >= N in both towers (spec section 4).
     """
 
+    # ``config`` is passed on as keyword arguments of CLIPConfig (read by the
+    # --cfg-options checks, mmclip4clip.engine.cfg_options).
+    kwargs_targets = {'config': CLIPConfig}
+
     def __init__(self, pretrained: str | None = None,
                  config: dict | None = None, linear_patch: str = '2d',
                  freeze_layer_num: int = -1) -> None:

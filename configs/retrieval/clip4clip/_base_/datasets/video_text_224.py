@@ -1,6 +1,7 @@
 # Your own videos in mmclip4clip's annotation format (see the README):
-# 12 frames at 1 fps, 224 px, captions of at most 32 tokens. Leaf configs set
-# `tokenizer` in both pipelines to their CLIP weights' directory or hub id.
+# 12 frames at 1 fps, 224 px, captions of at most 32 tokens. Leaf configs
+# replace `tokenizer` in the pipelines with their `clip_pretrained` (the CLIP
+# weights' directory or hub id).
 data_root = 'data/my_dataset'
 tokenizer = 'openai/clip-vit-base-patch32'
 max_frames = 12
