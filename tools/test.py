@@ -8,7 +8,6 @@ import os
 import os.path as osp
 
 from mmengine.config import Config, DictAction
-from mmengine.runner import Runner
 
 import mmclip4clip  # noqa: F401  (registers every component)
 from mmclip4clip.engine.config_utils import (
@@ -16,6 +15,7 @@ from mmclip4clip.engine.config_utils import (
     finish_distributed,
     merge_cfg_options,
 )
+from mmclip4clip.engine.runner import build_runner
 
 
 def parse_args() -> argparse.Namespace:
@@ -65,7 +65,7 @@ def main() -> None:
     cfg = Config.fromfile(args.config)
     merge_cfg_options(cfg, args.cfg_options)
     cfg = merge_args(cfg, args)
-    runner = Runner.from_cfg(cfg)
+    runner = build_runner(cfg)
     runner.test()
     finish_distributed()
 

@@ -7,7 +7,6 @@ import argparse
 import os
 
 from mmengine.config import Config, DictAction
-from mmengine.runner import Runner
 
 import mmclip4clip  # noqa: F401  (registers every component)
 from mmclip4clip.engine.config_utils import (
@@ -15,6 +14,7 @@ from mmclip4clip.engine.config_utils import (
     finish_distributed,
     merge_cfg_options,
 )
+from mmclip4clip.engine.runner import build_runner
 
 
 def parse_args() -> argparse.Namespace:
@@ -56,6 +56,9 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
+        if not os.path.isfile(args.resume):
+            raise FileNotFoundError(
+                f'--resume {args.resume}: no such checkpoint file')
         cfg.resume, cfg.load_from = True, args.resume
     if args.auto_scale_lr:
         cfg.auto_scale_lr.enable = True
@@ -73,7 +76,7 @@ def main() -> None:
     cfg = Config.fromfile(args.config)
     merge_cfg_options(cfg, args.cfg_options)
     cfg = merge_args(cfg, args)
-    runner = Runner.from_cfg(cfg)
+    runner = build_runner(cfg)
     runner.train()
     finish_distributed()
 
