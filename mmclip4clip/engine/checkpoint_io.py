@@ -90,13 +90,23 @@ def _unsafe_load_forced() -> bool:
         '1', 'y', 'yes', 'true')
 
 
-def _refused_global(err: BaseException) -> str | None:
-    """The line of torch's safe-unpickler message naming a refused global,
-    or None when the error is about something else (a corrupt file)."""
-    for line in str(err).splitlines():
-        if 'Unsupported global' in line:
-            return line.strip()
-    return None
+def _foreign_globals(path: str, err: BaseException) -> list[str]:
+    """The pickled globals outside the allow-list that made torch's safe
+    unpickler refuse ``path``; [] when it failed for another reason (a
+    corrupt or non-torch file).
+
+    Read off the archive's pickle without running it (zip checkpoints), or
+    off torch's message (legacy files; torch words it "Unsupported global:
+    GLOBAL x" or "unsupported GLOBAL x whose module is blocked").
+    """
+    if not isinstance(err, pickle.UnpicklingError):
+        return []
+    try:
+        with _numpy_allowed():
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a complete zip checkpoint
+        found = []
+    return found or sorted(set(re.findall(r'GLOBAL ([\w.]+)', str(err))))
 
 
 def _as_text(head: bytes) -> str | None:
@@ -178,14 +188,14 @@ def load_checkpoint_file(path: str | os.PathLike, map_location=None,
     except OSError:
         raise
     except Exception as err:
-        culprit = _refused_global(err) if weights_only else None
-        if culprit is not None:
+        foreign = _foreign_globals(path, err) if weights_only else []
+        if foreign:
             raise UnsafeCheckpointError(
-                f'checkpoint {path} was refused: it holds a pickled object '
+                f'checkpoint {path} was refused: it holds pickled objects '
                 'outside the allow-listed types (tensors, containers, numpy '
                 'scalars and arrays), and unpickling it could execute code. '
                 'Load only checkpoints you trust, and re-save them as plain '
-                f'tensors ({culprit})') from err
+                f'tensors (refused: {", ".join(foreign)})') from err
         raise CheckpointFileError(
             f'checkpoint {path} {_describe_unreadable(path, err)}') from err
 

@@ -52,6 +52,33 @@ def test_pickled_object_is_refused_naming_file_and_global(tmp_path,
     assert 'could execute code' in message and 'NotAllowed' in message
 
 
+class CodeRunningPayload:
+    """Unpickling this runs ``os.mkdir(path)``: any code could run there."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (self.path, )
+
+
+@pytest.mark.parametrize('zip_format', [True, False], ids=['zip', 'legacy'])
+def test_code_running_pickle_is_refused_and_never_runs(tmp_path, monkeypatch,
+                                                       zip_format):
+    """torch words a blocked module (``posix``) differently from a class
+    outside the allow-list; both are refusals, not corrupt files."""
+    monkeypatch.delenv(FORCE_UNSAFE_ENV, raising=False)
+    marker = tmp_path / 'code_ran'
+    path = tmp_path / 'payload.pth'
+    torch.save({'state_dict': {'w': torch.ones(2)},
+                'extra': CodeRunningPayload(str(marker))}, path,
+               _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(UnsafeCheckpointError,
+                       match=r'could execute code.*refused: posix\.mkdir'):
+        load_checkpoint_file(path)
+    assert not marker.exists()
+
+
 def test_torch_opt_out_variable_is_honoured(tmp_path, monkeypatch):
     path = tmp_path / 'trusted.pth'
     torch.save({'meta': {'x': NotAllowed()}}, path)
