@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import os.path as osp
+from collections.abc import Sequence
 
 from mmengine.config import Config
 from mmengine.dist import master_only
@@ -101,7 +102,8 @@ class CLIP4ClipRunner(Runner):
 
     def load_checkpoint(self, filename: str, map_location='cpu',
                         strict: bool = True,
-                        revise_keys: list = DEFAULT_REVISE_KEYS) -> dict:
+                        revise_keys: Sequence[tuple[str, str]] = (
+                            DEFAULT_REVISE_KEYS)) -> dict:
         """Read ``filename`` safely and load its weights into the model.
 
         ``strict`` (the default, used by ``resume`` and evaluation): any
