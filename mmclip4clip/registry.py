@@ -30,6 +30,7 @@ METRICS = _child(mmaction_registry.METRICS, 'metric',
                  ['mmclip4clip.evaluation'])
 LOOPS = _child(mmaction_registry.LOOPS, 'loop', ['mmclip4clip.engine'])
 HOOKS = _child(mmaction_registry.HOOKS, 'hook', ['mmclip4clip.engine'])
+RUNNERS = _child(mmaction_registry.RUNNERS, 'runner', ['mmclip4clip.engine'])
 # Registries with nothing of ours yet: children so that building their
 # components in our scope finds mmengine's without a scope warning.
 DATA_SAMPLERS = _child(mmaction_registry.DATA_SAMPLERS, 'data sampler', [])

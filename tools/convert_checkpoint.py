@@ -10,6 +10,7 @@ Writes OUT_DIR/model.pth and OUT_DIR/config.py, so that
 the base config's data (MSR-VTT 1k-A by default).
 """
 import argparse
+import pickle
 import sys
 from pathlib import Path
 
@@ -59,7 +60,8 @@ def main() -> None:
             sim_header=args.sim_header, linear_patch=args.linear_patch,
             max_words=args.max_words, max_frames=args.max_frames,
             allow_pickle=args.allow_pickle, num_heads=args.num_heads)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, pickle.UnpicklingError) as err:
+        # A bad, foreign or unsafe file: one line naming it, no traceback.
         sys.exit(f'error: {err}')
     print(f'wrote {ckpt}\nwrote {cfg}\n'
           f'evaluate: python tools/test.py {cfg} {ckpt}')

@@ -8,7 +8,6 @@ import os
 import os.path as osp
 
 from mmengine.config import Config, DictAction
-from mmengine.runner import Runner
 
 import mmclip4clip  # noqa: F401  (registers every component)
 from mmclip4clip.engine.config_utils import (
@@ -18,6 +17,7 @@ from mmclip4clip.engine.config_utils import (
     merge_cfg_options,
     naming_absent_ranks,
 )
+from mmclip4clip.engine.runner import build_runner
 
 
 def parse_args() -> argparse.Namespace:
@@ -71,7 +71,7 @@ def main() -> None:
         raise SystemExit(f'error: {err}') from None  # before anything runs
     cfg = merge_args(cfg, args)
     with naming_absent_ranks():
-        runner = Runner.from_cfg(cfg)
+        runner = build_runner(cfg)
         runner.test()
         finish_distributed()
 

@@ -7,7 +7,6 @@ import argparse
 import os
 
 from mmengine.config import Config, DictAction
-from mmengine.runner import Runner
 
 import mmclip4clip  # noqa: F401  (registers every component)
 from mmclip4clip.engine.config_utils import (
@@ -17,6 +16,7 @@ from mmclip4clip.engine.config_utils import (
     merge_cfg_options,
     naming_absent_ranks,
 )
+from mmclip4clip.engine.runner import build_runner
 
 
 def parse_args() -> argparse.Namespace:
@@ -62,6 +62,9 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
+        if not os.path.isfile(args.resume):
+            raise FileNotFoundError(
+                f'--resume {args.resume}: no such checkpoint file')
         cfg.resume, cfg.load_from = True, args.resume
     if args.auto_scale_lr:
         cfg.auto_scale_lr.enable = True
@@ -83,7 +86,7 @@ def main() -> None:
         raise SystemExit(f'error: {err}') from None  # before anything runs
     cfg = merge_args(cfg, args)
     with naming_absent_ranks():
-        runner = Runner.from_cfg(cfg)
+        runner = build_runner(cfg)
         runner.train()
         finish_distributed()
 

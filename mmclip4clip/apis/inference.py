@@ -6,8 +6,12 @@ from pathlib import Path
 import torch
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
-from mmengine.runner import load_checkpoint
 
+from mmclip4clip.engine.checkpoint_io import (
+    load_checkpoint_file,
+    load_weights,
+    state_dict_of,
+)
 from mmclip4clip.registry import MODELS
 
 
@@ -20,9 +24,10 @@ def init_retriever(config: str | Path | Config | dict,
         config: a config file, a :class:`mmengine.Config`, or a dict; only
             its ``model`` entry is used.
         checkpoint: an mmengine checkpoint (``tools/train.py`` output or
-            ``tools/convert_checkpoint.py``'s ``model.pth``); every weight of
-            the model must be in it. None keeps the config's weights
-            (e.g. a ``pretrained`` CLIP).
+            ``tools/convert_checkpoint.py``'s ``model.pth``), read in torch's
+            safe mode; its weights must be exactly the model's (a missing,
+            unused or reshaped tensor is a ``CheckpointMismatchError``).
+            None keeps the config's weights (e.g. a ``pretrained`` CLIP).
         device: where the model runs.
 
     Scores come from ``model.sim_matrix(input_ids, attention_mask, frames,
@@ -40,7 +45,7 @@ def init_retriever(config: str | Path | Config | dict,
         model = MODELS.build(config.model)
     if checkpoint is not None:
         checkpoint = str(checkpoint)
-        if not Path(checkpoint).is_file():
-            raise FileNotFoundError(f'checkpoint {checkpoint} does not exist')
-        load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+        weights = state_dict_of(
+            load_checkpoint_file(checkpoint, map_location='cpu'), checkpoint)
+        load_weights(model, weights, checkpoint, strict=True)
     return model.to(device).eval()

@@ -1,21 +1,23 @@
 from .amp import MixedPrecisionOptimWrapper
-from .compat import (
-    enable_cpu_distributed,
-    register_checkpoint_safe_types,
-    register_safe_checkpoint_loader,
+from .checkpoint_io import (
+    CheckpointFileError,
+    CheckpointMismatchError,
+    UnsafeCheckpointError,
+    compare_weights,
+    load_checkpoint_file,
+    load_weights,
 )
-from .hooks import SafeCheckpointHook
+from .compat import enable_cpu_distributed
+from .hooks import AtomicCheckpointHook, SafeCheckpointHook
 from .optim_constructor import CLIP4ClipOptimWrapperConstructor
 from .retrieval_loops import RetrievalTestLoop, RetrievalValLoop
+from .runner import CLIP4ClipRunner, build_runner
 
 __all__ = [
-    'CLIP4ClipOptimWrapperConstructor', 'MixedPrecisionOptimWrapper',
-    'RetrievalTestLoop', 'RetrievalValLoop',
-    'SafeCheckpointHook',
-    'enable_cpu_distributed', 'register_checkpoint_safe_types',
-    'register_safe_checkpoint_loader'
+    'AtomicCheckpointHook', 'CLIP4ClipOptimWrapperConstructor',
+    'CLIP4ClipRunner', 'CheckpointFileError', 'CheckpointMismatchError',
+    'MixedPrecisionOptimWrapper', 'RetrievalTestLoop', 'RetrievalValLoop',
+    'SafeCheckpointHook', 'UnsafeCheckpointError', 'build_runner',
+    'compare_weights', 'enable_cpu_distributed', 'load_checkpoint_file',
+    'load_weights'
 ]
-
-# torch >= 2.6 loads checkpoints in safe mode; let mmengine resume under it.
-register_checkpoint_safe_types()
-register_safe_checkpoint_loader()

@@ -17,12 +17,15 @@ whose shapes are read off the weights, as the original code does.
 """
 from __future__ import annotations
 
-import pickle
 import re
 from collections.abc import Mapping
 
-import torch
 from torch import Tensor
+
+from mmclip4clip.engine.checkpoint_io import (
+    UnsafeCheckpointError,
+    load_checkpoint_file,
+)
 
 from .openai_clip import (
     CLIP_ROOTS,
@@ -58,24 +61,27 @@ _UNUSED = {'seqLSTM': ('frame_position_embeddings.', ), 'meanP': (),
 def load_source(path: str, fmt: str, allow_pickle: bool = False) -> dict:
     """The flat state dict of a source checkpoint.
 
-    ``clip4clip`` and ``mmaction2`` files are read with torch's safe loader;
-    a file holding other pickled objects (an mmengine training checkpoint's
-    message hub, say) is refused unless ``allow_pickle`` says the file is
-    trusted, because unpickling it can run code. ``openai`` archives are read
-    as data, without running their TorchScript code, unless ``allow_pickle``
-    (see :func:`load_openai_state_dict`).
+    ``clip4clip`` and ``mmaction2`` files are read with
+    :func:`~mmclip4clip.engine.checkpoint_io.load_checkpoint_file` (torch's
+    safe loader; empty, truncated and non-torch files are named as such); a
+    file holding other pickled objects (mmaction2's own training
+    checkpoints hold mmengine's message hub) is refused unless
+    ``allow_pickle`` says the file is trusted, because unpickling it can run
+    code. ``openai`` archives are read as data, without running their
+    TorchScript code, unless ``allow_pickle`` (see
+    :func:`load_openai_state_dict`).
     """
     if fmt not in FORMATS:
         raise ValueError(f'unknown format {fmt!r}; expected one of {FORMATS}')
     if fmt == 'openai':
         return load_openai_state_dict(path, allow_pickle=allow_pickle)
     try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=not allow_pickle)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f'{path} holds pickled objects other than tensors and plain '
-            f'containers ({err}). Loading it could execute code from the '
-            'file; if you trust it, convert with --allow-pickle') from err
+        ckpt = load_checkpoint_file(path, map_location='cpu',
+                                    allow_pickle=allow_pickle)
+    except UnsafeCheckpointError as err:
+        raise UnsafeCheckpointError(
+            f'{err} If you trust the file, convert with --allow-pickle') \
+            from err
     if isinstance(ckpt, Mapping) and 'state_dict' in ckpt:
         ckpt = ckpt['state_dict']
     if not isinstance(ckpt, Mapping) or not all(

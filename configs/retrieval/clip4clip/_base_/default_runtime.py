@@ -1,11 +1,13 @@
 default_scope = 'mmclip4clip'
+# Safe, checked checkpoint loading and whole-file saving (see CLIP4ClipRunner).
+runner_type = 'CLIP4ClipRunner'
 
 default_hooks = dict(
     runtime_info=dict(type='RuntimeInfoHook'),
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=20, ignore_last=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=2,
+    checkpoint=dict(type='AtomicCheckpointHook', interval=1, max_keep_ckpts=2,
                     save_best='t2v/R1', rule='greater'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
 )

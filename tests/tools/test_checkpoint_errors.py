@@ -1,0 +1,82 @@
+"""tools/test.py and tools/train.py on checkpoints that must not run: a
+checkpoint of another head, bad files, --resume with nothing to resume. Each
+ends with a non-zero exit and a message naming the file or work dir, before
+any metric is printed."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmclip4clip.apis import init_retriever
+from mmclip4clip.datasets.synthetic import make_synthetic_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / 'configs/retrieval/clip4clip'
+MEANP = CONFIGS / 'clip4clip_tiny-p4-res32-scratch_1xb32-u8-30e_synthetic-rgb.py'
+SEQTRANSF = CONFIGS / ('clip4clip-seqTransf_tiny-p4-res32-scratch_1xb32-u8-'
+                       '30e_synthetic-rgb.py')
+
+
+def run_tool(args: list, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope='module')
+def workspace(tmp_path_factory) -> Path:
+    """``data/synthetic`` (1 clip per combination) and an untrained meanP
+    checkpoint ``meanP.pth``."""
+    root = tmp_path_factory.mktemp('workspace')
+    make_synthetic_dataset(root / 'data' / 'synthetic', seed=1,
+                           train_per_combo=1, test_per_combo=1, seconds=2,
+                           size=32, progress=False)
+    torch.save({'meta': {}, 'state_dict': init_retriever(MEANP).state_dict()},
+               root / 'meanP.pth')
+    return root
+
+
+def test_test_tool_refuses_a_checkpoint_without_the_head(workspace):
+    seqtransf = init_retriever(SEQTRANSF).state_dict()
+    head = sum(k.startswith('head.') for k in seqtransf)
+    proc = run_tool([REPO / 'tools/test.py', SEQTRANSF,
+                     workspace / 'meanP.pth', '--work-dir',
+                     workspace / 'test_work'], cwd=workspace)
+    assert proc.returncode != 0
+    assert f'checkpoint {workspace / "meanP.pth"} does not fit the model' \
+        in proc.stderr, proc.stderr[-3000:]
+    assert f'head.*: {head} tensors' in proc.stderr
+    assert 'Epoch(test)' not in proc.stdout + proc.stderr  # no metrics
+
+
+@pytest.mark.parametrize('content, says', [
+    (b'', 'is an empty file'),
+    (b'epoch_3.pth\n', 'is not a torch checkpoint at all: it is text'),
+], ids=['empty', 'text'])
+def test_test_tool_names_what_a_bad_file_is(workspace, content, says):
+    bad = workspace / 'bad.pth'
+    bad.write_bytes(content)
+    proc = run_tool([REPO / 'tools/test.py', MEANP, bad, '--work-dir',
+                     workspace / 'test_work'], cwd=workspace)
+    assert proc.returncode != 0
+    assert f'checkpoint {bad} {says}' in proc.stderr, proc.stderr[-3000:]
+    assert 'execute code' not in proc.stderr
+
+
+def test_auto_resume_in_a_work_dir_without_checkpoints_fails(workspace):
+    work_dir = workspace / 'fresh_work'
+    proc = run_tool([REPO / 'tools/train.py', MEANP, '--work-dir', work_dir,
+                     '--resume'], cwd=workspace)
+    assert proc.returncode != 0
+    assert f'work dir {work_dir} holds no checkpoint' in proc.stderr, \
+        proc.stderr[-3000:]
+    assert 'Epoch(train)' not in proc.stdout + proc.stderr
+
+
+def test_resume_from_a_missing_file_names_it(workspace):
+    proc = run_tool([REPO / 'tools/train.py', MEANP, '--work-dir',
+                     workspace / 'resume_work', '--resume', 'gone/epoch_9.pth'],
+                    cwd=workspace)
+    assert proc.returncode != 0
+    assert '--resume gone/epoch_9.pth: no such checkpoint file' in proc.stderr
