@@ -47,14 +47,22 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def use_amp_optimiser(cfg: Config) -> None:
+    """``--amp``: fp16 + loss scaling on CUDA, bf16 autocast on the CPU.
+
+    Applied before ``--cfg-options`` are checked and merged, so that options
+    of the mixed-precision wrapper (``optim_wrapper.loss_scale=512``) are
+    accepted with ``--amp``.
+    """
+    cfg.optim_wrapper.type = 'MixedPrecisionOptimWrapper'
+    cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+
+
 def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
     apply_common_args(cfg, args.config, args.work_dir, args.launcher)
     if args.no_validate:
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     if args.amp:
-        # fp16 + loss scaling on CUDA, bf16 autocast on the CPU.
-        cfg.optim_wrapper.type = 'MixedPrecisionOptimWrapper'
-        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
         # Validation during training under autocast too, as tools/test.py
         # --amp (mmengine's autocast: fp16 on CUDA, bf16 on the CPU).
         if cfg.get('val_cfg') is not None:
@@ -80,6 +88,8 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
 def main() -> None:
     args = parse_args()
     cfg = Config.fromfile(args.config)
+    if args.amp:
+        use_amp_optimiser(cfg)
     try:
         merge_cfg_options(cfg, args.cfg_options)
     except ConfigOptionError as err:

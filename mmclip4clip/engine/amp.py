@@ -27,7 +27,8 @@ class MixedPrecisionOptimWrapper(AmpOptimWrapper):
         **kwargs: the arguments of :class:`mmengine.optim.OptimWrapper`.
     """
 
-    def __init__(self, loss_scale='dynamic', dtype=None, **kwargs) -> None:
+    def __init__(self, loss_scale: str | float | dict = 'dynamic',
+                 dtype: str | torch.dtype | None = None, **kwargs) -> None:
         self.on_cpu = not torch.cuda.is_available()
         if not self.on_cpu:
             super().__init__(loss_scale=loss_scale, dtype=dtype, **kwargs)
