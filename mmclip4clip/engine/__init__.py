@@ -7,11 +7,12 @@ from .compat import (
 from .hooks import SafeCheckpointHook
 from .optim_constructor import CLIP4ClipOptimWrapperConstructor
 from .retrieval_loops import RetrievalTestLoop, RetrievalValLoop
+from .skip_summary import SkipSummaryHook
 
 __all__ = [
     'CLIP4ClipOptimWrapperConstructor', 'MixedPrecisionOptimWrapper',
     'RetrievalTestLoop', 'RetrievalValLoop',
-    'SafeCheckpointHook',
+    'SafeCheckpointHook', 'SkipSummaryHook',
     'enable_cpu_distributed', 'register_checkpoint_safe_types',
     'register_safe_checkpoint_loader'
 ]
