@@ -162,7 +162,7 @@ def test_a_camera_clip_cut_short_is_broken_not_shorter(camera_index_first,
         VideoFrames(path)
     message = str(info.value)
     assert message.startswith(f'{path}: cut short or damaged: ')
-    assert '27 of the 132 frames its container declares' in message
+    assert '27 of the 132 frames its index lists' in message
     assert 'its index places frame data up to byte' in message
     for source in camera_index_first:  # cut inside the index: no open
         with pytest.raises(BrokenVideoError, match='cut'):

@@ -444,7 +444,7 @@ def test_a_camera_clip_cut_short_is_broken_with_or_without_skip_broken(
         message = str(info.value)
         assert f'cannot load video {broken} ({ann}, record 1) in AVInit: ' \
             'BrokenVideoError' in message
-        assert '27 of the 132 frames its container declares' in message
+        assert '27 of the 132 frames its index lists' in message
 
     train = dataset(skip_broken=True)
     train._rand_another = lambda: 0  # mmengine's refetch, made predictable

@@ -71,31 +71,38 @@ def missing_data(container, stream, num_packets: int,
                  span: float | None, corrupt_packet: int | None,
                  file_size: int) -> str | None:
     """Why the packets demuxed from ``stream`` fall short of what the
-    container declares, or None when nothing is missing.
+    container says it holds, or None when nothing is missing.
 
     Uses only what indexing already has (no decoding): ``num_packets``
     demuxed, their ``span`` in seconds (first timestamp to the end of the
-    last frame, None without timestamps), the first packet the demuxer
-    flagged incomplete, and the demuxer's index (an MP4 index lists every
-    frame, also those past the end of a file cut short). The frame count the
-    container declares is compared when there is one (MP4, AVI), else its
-    declared duration (Matroska, WebM), with 1.5 frames of slack for a last
-    frame whose duration the packets do not carry: a cut losing only the
-    last frame or two of such a file goes unseen.
+    last frame; None without timestamps), the first packet the demuxer
+    flagged incomplete, and the container's own account of its frames:
+
+    * the demuxer's index, when it lists frames that were never read (an MP4
+      index, read first, lists every frame: also those past the end of a
+      file cut short);
+    * else the frame count the container declares (AVI), except in MP4,
+      whose count includes frames an edit list leaves out of the index;
+    * without a count, the duration it declares (Matroska, WebM), with 1.5
+      frames of slack for a last frame whose duration the packets do not
+      carry: a cut losing only the last frame or two there goes unseen.
     """
     findings = []
-    declared = stream.frames
-    if declared and num_packets < declared:
-        findings.append(f'{num_packets} of the {declared} frames its '
-                        'container declares are in the file')
-    if corrupt_packet is not None:
-        findings.append(f'frame data of packet {corrupt_packet} is cut off')
     entries = stream.index_entries
-    if len(entries) > num_packets:  # some indexed frames were never read
+    if num_packets < len(entries):
+        findings.append(f'{num_packets} of the {len(entries)} frames its '
+                        'index lists are in the file')
         end = max(entry.pos + entry.size for entry in entries)
         if end > file_size:
             findings.append(f'its index places frame data up to byte {end}, '
                             f'the file has {file_size} bytes')
+    declared = stream.frames
+    if (declared and num_packets < declared and not findings
+            and 'mp4' not in container.format.name.split(',')):
+        findings.append(f'{num_packets} of the {declared} frames its '
+                        'container declares are in the file')
+    if corrupt_packet is not None:
+        findings.append(f'frame data of packet {corrupt_packet} is cut off')
     if not declared and span is not None:
         duration = _declared_duration(container, stream)
         rate = stream.average_rate or stream.guessed_rate
