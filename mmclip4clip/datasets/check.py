@@ -10,9 +10,13 @@ errors
     bad ``start``/``end``, unknown key, duplicate ``video_id``).
     ``missing``: the video file does not exist.
     ``empty``: zero-length: the file has 0 bytes, or it opens with 0 frames.
-    ``unreadable``: the decoder cannot open it, or cannot decode its first and
-    last frames (a truncated file fails here); with ``full_decode`` every
-    frame is decoded.
+    ``unreadable``: the decoder cannot open it, it lacks frames its container
+    declares (a file cut short: the pipeline's reader refuses it too, with
+    the same check, :func:`~.transforms.loading.missing_data`), or its first
+    and last frames do not decode; with ``full_decode`` every frame is
+    decoded. Whatever decoder the pipeline uses, files are checked with
+    ours: decord, for one, reads a Matroska or AVI file cut short as a
+    shorter clip.
     ``too_short``: the frame sampler (:func:`sample_frame_indices`, at the
     pipeline's ``feature_framerate``) takes no frame for the record: a
     frame rate under 1 fps, or a segment starting after the video's end.
@@ -104,9 +108,12 @@ class SplitReport:
         return sum(1 for issue in self.issues if issue.category in ERRORS)
 
 
-def _message(err: Exception) -> str:
-    """First line of an error, with its type."""
+def _message(err: Exception, filename: str = '') -> str:
+    """First line of an error, with its type, less a leading file name
+    (the report names the file)."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else ''
+    if filename:
+        text = text.removeprefix(f'{filename}: ')
     return f'{type(err).__name__}: {text}'
 
 
@@ -121,7 +128,7 @@ def probe_video(filename: str, full_decode: bool = False) -> VideoProbe:
         reader = VideoFrames(filename, num_threads=1)
     except Exception as err:
         return VideoProbe(category='unreadable',
-                          detail=f'cannot open: {_message(err)}')
+                          detail=f'cannot open: {_message(err, filename)}')
     with reader:
         num_frames, fps = len(reader), reader.fps
         if num_frames == 0:
@@ -135,7 +142,7 @@ def probe_video(filename: str, full_decode: bool = False) -> VideoProbe:
         except Exception as err:
             return VideoProbe(num_frames, fps, 'unreadable',
                               f'{num_frames} frames indexed, decoding fails: '
-                              f'{_message(err)}')
+                              f'{_message(err, filename)}')
     return VideoProbe(num_frames, fps)
 
 

@@ -19,7 +19,11 @@ not read. ``skip_broken=True`` skips them instead, loudly:
 * training: a sample whose video fails to load (an error in the pipeline's
   loading stage, up to its ``*Decode`` transform) is skipped with a warning
   naming the file and the error (once per file and process), counted in
-  ``skipped``, and mmengine fetches a random other sample instead;
+  ``skipped``, and mmengine fetches a random other sample instead. Every
+  skip, in whichever DataLoader worker, is also appended to ``skip_record``
+  (:class:`SkipRecord`), from which ``SkipSummaryHook`` logs how many
+  samples were replaced, of which files and why, per epoch and at the end
+  of training;
 * evaluation: every video is opened once at start-up (first and last frame
   decoded, the sampler must take a frame) and broken ones are removed from
   the gallery, with a warning listing them; ``skipped`` holds them for the
@@ -34,7 +38,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import os.path as osp
+import shutil
+import tempfile
+import weakref
+from collections import defaultdict
 from numbers import Real
 
 from mmengine.dataset import BaseDataset
@@ -108,6 +117,58 @@ def load_annotations(ann_file: str) -> list[dict]:
     return parsed
 
 
+def _remove_folder(folder: str, owner: int) -> None:
+    if os.getpid() == owner:  # not from a forked worker's copy
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class SkipRecord:
+    """The samples a training dataset skipped, in all the processes that
+    load it.
+
+    The ``skipped`` dict of a dataset is per process: DataLoader workers are
+    separate processes, so the main process never sees their skips. Each
+    process (the main one, every worker, forked or spawned) appends one JSON
+    line per skipped sample to its own file in a temporary folder made when
+    the dataset is built, before any worker starts; :meth:`read` adds them
+    up. The folder goes when the record is dropped in the process that made
+    it.
+    """
+
+    def __init__(self) -> None:
+        self.folder = tempfile.mkdtemp(prefix='mmclip4clip-skipped-')
+        weakref.finalize(self, _remove_folder, self.folder, os.getpid())
+
+    def add(self, filename: str, error: str, samples: int,
+            dropped: bool) -> None:
+        """Record ``samples`` skipped samples of ``filename``: ``dropped``
+        from the dataset when it was loaded, or replaced by random others
+        while training."""
+        line = json.dumps(dict(file=filename, error=error, samples=samples,
+                               dropped=dropped)) + '\n'
+        # One small append per line, to this process's own file.
+        with open(osp.join(self.folder, f'{os.getpid()}.jsonl'), 'a',
+                  encoding='utf-8') as f:
+            f.write(line)
+
+    def read(self) -> dict[str, dict]:
+        """``{file: {'error', 'samples', 'dropped'}}`` over all processes
+        so far (the first error seen for a file)."""
+        files: dict[str, dict] = defaultdict(
+            lambda: dict(error='', samples=0, dropped=False))
+        for name in sorted(os.listdir(self.folder)):
+            with open(osp.join(self.folder, name), encoding='utf-8') as f:
+                for line in f:
+                    if not line.endswith('\n'):
+                        break  # being written right now: next read
+                    entry = json.loads(line)
+                    summary = files[entry['file']]
+                    summary['error'] = summary['error'] or entry['error']
+                    summary['samples'] += entry['samples']
+                    summary['dropped'] = entry['dropped']
+        return dict(files)
+
+
 @DATASETS.register_module()
 class VideoTextDataset(BaseDataset):
     """Videos with captions, for training and retrieval evaluation.
@@ -119,7 +180,9 @@ class VideoTextDataset(BaseDataset):
         test_mode: one sample per video with all its captions (True) or
             one sample per caption (False).
         skip_broken: skip broken videos with a warning instead of failing
-            (module docstring); ``skipped`` maps each to its error.
+            (module docstring); ``skipped`` maps each to its error, in this
+            process; in training ``skip_record`` holds the skips of all
+            processes.
         **kwargs: further :class:`mmengine.dataset.BaseDataset` arguments.
     """
 
@@ -131,6 +194,9 @@ class VideoTextDataset(BaseDataset):
         # keep their own copy during training).
         self.skipped: dict[str, str] = {}
         self.num_skipped = 0  # skipped samples, a file may count many times
+        # Made before any DataLoader worker starts, so that all share it.
+        self.skip_record = (SkipRecord() if skip_broken and not test_mode
+                            else None)
         super().__init__(ann_file=ann_file,
                          data_prefix=data_prefix or dict(video=''),
                          pipeline=list(pipeline), test_mode=test_mode,
@@ -146,7 +212,7 @@ class VideoTextDataset(BaseDataset):
                 if not self.skip_broken:
                     raise FileNotFoundError(message)
                 self._skip(filename, message, count=1 if self.test_mode
-                           else len(rec['captions']))
+                           else len(rec['captions']), dropped=True)
                 continue
             info = dict(filename=filename, video_id=rec['video_id'],
                         start=rec['start'], end=rec['end'],
@@ -192,9 +258,13 @@ class VideoTextDataset(BaseDataset):
         return next((i + 1 for i, name in enumerate(names)
                      if name.endswith('Decode')), len(names))
 
-    def _skip(self, filename: str, error: str, count: int = 1) -> None:
-        """Warn (once per file) and count a skipped video."""
+    def _skip(self, filename: str, error: str, count: int = 1,
+              dropped: bool = False) -> None:
+        """Warn (once per file) and count a skipped video: ``count`` samples
+        ``dropped`` from the dataset, or replaced while training."""
         self.num_skipped += count
+        if self.skip_record is not None:
+            self.skip_record.add(filename, error, count, dropped)
         if filename not in self.skipped:
             self.skipped[filename] = error
             print_log(f'skip_broken: skipping video {filename} '

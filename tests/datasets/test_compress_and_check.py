@@ -222,6 +222,34 @@ def test_check_passes_on_a_clean_set(dataset_dir, monkeypatch, capsys):
     assert 'OK: 0 errors, 0 warnings' in capsys.readouterr().out
 
 
+def test_check_reports_clips_cut_short_whatever_the_pipeline_decoder(
+        tmp_path):
+    """A camera clip and a Matroska clip cut short with their index first:
+    both open (decord reads the Matroska one as a shorter clip), both are
+    ``unreadable`` with the reader's own reason; whole copies are clean."""
+    from test_loading import camera_clips, cut, index_first, write_clip
+
+    videos = tmp_path / 'videos'
+    videos.mkdir()
+    bunny = next(p for p in camera_clips() if 'bigbuckbunny' in p)
+    whole = [index_first(bunny, videos / 'bunny.mp4'),
+             write_clip(videos / 'clip.mkv')]
+    cuts = [cut(path, videos / f'cut_{Path(path).name}', 0.3)
+            for path in whole]
+    assert 0 < len(decord.VideoReader(cuts[1])) < 90
+    ann = write_json(tmp_path / 'ann.json', [
+        dict(video=Path(path).name, captions=[f'clip {i}'])
+        for i, path in enumerate(whole + cuts)])
+    report, = check_targets([CheckTarget(str(ann), str(videos))])
+    assert [(i.category, i.path, i.record) for i in report.issues] == [
+        ('unreadable', cuts[0], 2), ('unreadable', cuts[1], 3)]
+    bunny_issue = str(report.issues[0])
+    assert bunny_issue.startswith(f'record 2: {cuts[0]}: cannot open: '
+                                  'BrokenVideoError: cut short or damaged: '
+                                  '27 of the 132 frames')
+    assert 'its frames span 0.52 s of the 3.60 s' in str(report.issues[1])
+
+
 # ------------------------------------------------------------ skip_broken
 
 

@@ -2,6 +2,7 @@
 camera clips and on generated clips in several containers."""
 import gc
 import os
+import re
 from fractions import Fraction
 
 import av
@@ -11,7 +12,11 @@ import pytest
 from mmengine.registry import DefaultScope
 from torch.utils.data import DataLoader, Dataset
 
-from mmclip4clip.datasets.transforms.loading import VideoFrames, decode_threads
+from mmclip4clip.datasets.transforms.loading import (
+    BrokenVideoError,
+    VideoFrames,
+    decode_threads,
+)
 from mmclip4clip.registry import TRANSFORMS
 
 
@@ -44,6 +49,37 @@ def write_clip(path, codec='libx264', fmt=None, num_frames=90, **options):
     return str(path)
 
 
+def index_first(source, path):
+    """``source`` remuxed (no re-encoding) with its index (moov) before the
+    frames, as ``-movflags faststart`` or a streaming camera writes it: a copy
+    cut short then still opens."""
+    with av.open(str(source)) as src, \
+            av.open(str(path), 'w', options={'movflags': 'faststart'}) as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    return str(path)
+
+
+def cut(source, path, fraction):
+    """The first ``fraction`` of ``source``'s bytes, as an interrupted copy
+    or download leaves them."""
+    with open(source, 'rb') as f:
+        data = f.read()
+    with open(path, 'wb') as f:
+        f.write(data[:int(len(data) * fraction)])
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def camera_index_first(tmp_path_factory):
+    root = tmp_path_factory.mktemp('index_first')
+    return [index_first(path, root / os.path.basename(path))
+            for path in camera_clips()]
+
+
 @pytest.fixture(scope='module')
 def generated(tmp_path_factory):
     root = tmp_path_factory.mktemp('containers')
@@ -52,9 +88,9 @@ def generated(tmp_path_factory):
             write_clip(root / 'a.avi', codec='mpeg4')]
 
 
-def test_frames_count_and_rate_equal_decords(generated):
+def test_frames_count_and_rate_equal_decords(generated, camera_index_first):
     rng = np.random.default_rng(0)
-    for path in camera_clips() + generated:
+    for path in camera_clips() + camera_index_first + generated:
         reference = decord.VideoReader(path)
         for _ in range(3):
             reader = VideoFrames(path)
@@ -107,8 +143,86 @@ def test_errors_name_the_file(generated, tmp_path):
         reader.get([5, 90])
     broken = tmp_path / 'noise.mp4'
     broken.write_bytes(np.random.default_rng(0).bytes(2048))
-    with pytest.raises(av.error.FFmpegError, match='noise.mp4'):
+    with pytest.raises(BrokenVideoError, match='noise.mp4: FFmpeg cannot'):
         VideoFrames(str(broken))
+    with pytest.raises(FileNotFoundError, match='gone.mp4'):
+        VideoFrames(str(tmp_path / 'gone.mp4'))
+
+
+def test_a_camera_clip_cut_short_is_broken_not_shorter(camera_index_first,
+                                                       tmp_path):
+    """Cut to 30% with its index first, the 132-frame clip still opens and
+    its demuxer yields 27 frames: it must not read as a 27-frame clip."""
+    bunny = next(p for p in camera_index_first if 'bigbuckbunny' in p)
+    assert len(VideoFrames(bunny)) == 132
+    path = cut(bunny, tmp_path / 'bunny.mp4', 0.3)
+    with av.open(path) as container:  # what the old reader counted
+        assert sum(p.size > 0 for p in container.demux(video=0)) == 27
+    with pytest.raises(BrokenVideoError) as info:
+        VideoFrames(path)
+    message = str(info.value)
+    assert message.startswith(f'{path}: cut short or damaged: ')
+    assert '27 of the 132 frames its index lists' in message
+    assert 'its index places frame data up to byte' in message
+    for source in camera_index_first:  # cut inside the index: no open
+        with pytest.raises(BrokenVideoError, match='cut'):
+            VideoFrames(cut(source, tmp_path / os.path.basename(source),
+                            0.3))
+
+
+@pytest.mark.parametrize('fraction', [0.3, 0.6, 0.95])
+def test_generated_clips_cut_short_are_broken(generated, tmp_path, fraction):
+    """Whatever the container says of its length (MP4 and AVI a frame
+    count, Matroska a duration), a clip missing frames is broken. At 95%
+    the AVI loses only its index (next test) and the Matroska clip 3 frames
+    whose timestamps span all but 1 frame of its duration (under the
+    check's slack)."""
+    clips = (generated if fraction < 0.9 else generated[:1]) + [
+        index_first(generated[0], tmp_path / 'index_first_b.mp4'),
+        index_first(write_clip(tmp_path / 'plain.mp4'),
+                    tmp_path / 'index_first.mp4')]
+    for source in clips:
+        path = cut(source, tmp_path / ('cut_' + os.path.basename(source)),
+                   fraction)
+        with pytest.raises(BrokenVideoError, match=re.escape(path)):
+            VideoFrames(path)
+
+
+def test_an_avi_without_its_trailing_index_keeps_all_frames(generated,
+                                                            tmp_path):
+    """An AVI's index follows its frames; losing only the index loses no
+    frame, so the clip is whole (decord agrees)."""
+    path = cut(generated[2], tmp_path / 'no_index.avi', 0.95)
+    reader = VideoFrames(path)
+    assert len(reader) == len(decord.VideoReader(path)) == 90
+    assert np.array_equal(reader.get([89])[0],
+                          VideoFrames(generated[2]).get([89])[0])
+
+
+def test_decoding_errors_are_broken_video_errors(camera_index_first,
+                                                 tmp_path, monkeypatch):
+    """Past the cut, decoding fails: AVDecode names the file, with the same
+    error as any broken video."""
+    import mmclip4clip.datasets.transforms.loading as loading
+
+    path = cut(camera_index_first[0], tmp_path / 'cut.mp4', 0.5)
+    monkeypatch.setattr(loading, 'missing_data', lambda *args: None)
+    reader = VideoFrames(path)
+    with DefaultScope.overwrite_default_scope('mmclip4clip'):
+        decode = TRANSFORMS.build(dict(type='AVDecode'))
+    with pytest.raises(BrokenVideoError, match=f'{path}: decoding frames'):
+        decode(dict(video_reader=reader, frame_inds=[len(reader) - 1]))
+
+
+def test_decord_refuses_a_cut_mp4_but_reads_a_cut_mkv_as_shorter(
+        camera_index_first, generated, tmp_path):
+    """mmaction2's DecordInit: the README's decoder paragraph says so, and
+    check_dataset (our reader) reports both."""
+    mp4 = cut(camera_index_first[0], tmp_path / 'cut.mp4', 0.3)
+    with pytest.raises(decord.DECORDError):
+        decord.VideoReader(mp4)
+    mkv = cut(generated[1], tmp_path / 'cut.mkv', 0.3)
+    assert len(decord.VideoReader(mkv)) < 90
 
 
 def test_transforms_drop_in_for_decords(generated):

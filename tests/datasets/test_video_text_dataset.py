@@ -407,3 +407,52 @@ def test_real_clip_pipeline_matches_reference_loop(reference):
     assert packed['inputs']['imgs'].shape == (12, 3, 224, 224)
     assert int(packed['inputs']['frame_mask'].sum()) == len(expected)
 
+
+
+# ------------------------------------------------------- a clip cut short
+
+
+def test_a_camera_clip_cut_short_is_broken_with_or_without_skip_broken(
+        tmp_path):
+    """Cut to 30% with its index first, a 132-frame camera clip opens and
+    used to be read as a 27-frame clip; it is now a broken video."""
+    from test_loading import camera_clips, cut, index_first
+
+    source = next(p for p in camera_clips() if 'bigbuckbunny' in p)
+    videos = tmp_path / 'videos'
+    videos.mkdir()
+    whole = index_first(source, videos / 'whole.mp4')
+    broken = cut(whole, videos / 'cut.mp4', 0.3)
+    ann = write_json(tmp_path / 'ann.json', [
+        dict(video='whole.mp4', captions=['a rabbit']),
+        dict(video='cut.mp4', captions=['a rabbit, cut']),
+    ])
+
+    def dataset(**kwargs):
+        with DefaultScope.overwrite_default_scope('mmclip4clip'):
+            return DATASETS.build(dict(
+                type='VideoTextDataset', ann_file=str(ann),
+                data_prefix=dict(video=str(videos)), pipeline=[
+                    dict(type='AVInit'),
+                    dict(type='SampleFramesByRate', max_frames=4,
+                         feature_framerate=1),
+                    dict(type='AVDecode')], **kwargs))
+
+    for test_mode in (False, True):
+        with pytest.raises(RuntimeError) as info:
+            dataset(test_mode=test_mode)[1]
+        message = str(info.value)
+        assert f'cannot load video {broken} ({ann}, record 1) in AVInit: ' \
+            'BrokenVideoError' in message
+        assert '27 of the 132 frames its index lists' in message
+
+    train = dataset(skip_broken=True)
+    train._rand_another = lambda: 0  # mmengine's refetch, made predictable
+    assert train[1]['filename'] == whole
+    assert train[1]['total_frames'] == 132
+    assert list(train.skipped) == [broken] and train.num_skipped == 2
+    assert 'cut short' in train.skipped[broken]
+
+    test = dataset(test_mode=True, skip_broken=True)
+    assert len(test) == 1 and test[0]['filename'] == whole
+    assert 'cut short' in test.skipped[broken]

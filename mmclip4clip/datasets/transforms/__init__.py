@@ -1,5 +1,11 @@
 from .formatting import PackVideoTextInputs
-from .loading import AVDecode, AVInit, VideoFrames, decode_threads
+from .loading import (
+    AVDecode,
+    AVInit,
+    BrokenVideoError,
+    VideoFrames,
+    decode_threads,
+)
 from .processing import CLIPResizeCrop, resize_center_crop
 from .sampling import (
                        SampleFramesByRate,
@@ -10,8 +16,9 @@ from .sampling import (
 from .text import TokenizeCaptions, load_tokenizer, tokenize
 
 __all__ = [
-    'AVDecode', 'AVInit', 'CLIPResizeCrop', 'PackVideoTextInputs',
-    'SampleFramesByRate', 'TokenizeCaptions', 'VideoFrames', 'decode_threads',
+    'AVDecode', 'AVInit', 'BrokenVideoError', 'CLIPResizeCrop',
+    'PackVideoTextInputs', 'SampleFramesByRate', 'TokenizeCaptions',
+    'VideoFrames', 'decode_threads',
     'load_tokenizer', 'order_frames', 'resize_center_crop',
     'sample_frame_indices', 'slice_frames', 'tokenize'
 ]

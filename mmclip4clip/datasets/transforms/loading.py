@@ -14,6 +14,11 @@ camera clips); decoding is faster because FFmpeg's own threading works here
 (decord's decoder gains little from threads) and because decord's bundled
 FFmpeg is slower single-threaded. mmaction2's ``PyAVDecode`` instead decodes
 and converts every frame up to the last wanted one.
+
+A file that cannot be read whole raises :class:`BrokenVideoError` naming it:
+FFmpeg cannot open or decode it, it has no video stream, or it lacks data its
+container declares (:func:`missing_data`: a file cut short still opens when
+its index comes first, and would otherwise read as a shorter clip).
 """
 from __future__ import annotations
 
@@ -37,6 +42,82 @@ def decode_threads() -> int:
             else os.cpu_count() or 1)
     info = torch.utils.data.get_worker_info()
     return max(1, cpus // (info.num_workers if info is not None else 1))
+
+
+class BrokenVideoError(RuntimeError):
+    """A video file that cannot be read whole; the message starts with the
+    file name."""
+
+
+def _declared_duration(container, stream) -> float | None:
+    """Seconds the container declares for ``stream``: the stream's duration,
+    its ``DURATION`` tag (Matroska / WebM), or the file's duration when the
+    stream is the file's only one (another stream may last longer)."""
+    if stream.duration is not None and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    tag = stream.metadata.get('DURATION')
+    if tag:
+        try:
+            hours, minutes, seconds = tag.split(':')
+            return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+        except ValueError:
+            return None
+    if container.duration and len(container.streams) == 1:
+        return container.duration / 1e6
+    return None
+
+
+def missing_data(container, stream, num_packets: int,
+                 span: float | None, corrupt_packet: int | None,
+                 file_size: int) -> str | None:
+    """Why the packets demuxed from ``stream`` fall short of what the
+    container says it holds, or None when nothing is missing.
+
+    Uses only what indexing already has (no decoding): ``num_packets``
+    demuxed, their ``span`` in seconds (first timestamp to the end of the
+    last frame; None without timestamps), the first packet the demuxer
+    flagged incomplete, and the container's own account of its frames:
+
+    * the demuxer's index, when it lists frames that were never read (an MP4
+      index, read first, lists every frame: also those past the end of a
+      file cut short);
+    * else the frame count the container declares (AVI), except in MP4,
+      whose count includes frames an edit list leaves out of the index;
+    * without a count, the duration it declares (Matroska, WebM), with 1.5
+      frames of slack for a last frame whose duration the packets do not
+      carry: a cut losing only the last frame or two there goes unseen.
+    """
+    findings = []
+    entries = stream.index_entries
+    if num_packets < len(entries):
+        findings.append(f'{num_packets} of the {len(entries)} frames its '
+                        'index lists are in the file')
+        end = max(entry.pos + entry.size for entry in entries)
+        if end > file_size:
+            findings.append(f'its index places frame data up to byte {end}, '
+                            f'the file has {file_size} bytes')
+    declared = stream.frames
+    if (declared and num_packets < declared and not findings
+            and 'mp4' not in container.format.name.split(',')):
+        findings.append(f'{num_packets} of the {declared} frames its '
+                        'container declares are in the file')
+    if corrupt_packet is not None:
+        findings.append(f'frame data of packet {corrupt_packet} is cut off')
+    if not declared and span is not None:
+        duration = _declared_duration(container, stream)
+        rate = stream.average_rate or stream.guessed_rate
+        slack = 1.5 / float(rate) if rate else 0.1
+        if duration is not None and span < duration - slack:
+            findings.append(f'its frames span {span:.2f} s of the '
+                            f'{duration:.2f} s its container declares')
+    if not findings:
+        return None
+    return 'cut short or damaged: ' + '; '.join(findings)
+
+
+def _ffmpeg_message(err: Exception) -> str:
+    """An FFmpeg error's reason, without the file name PyAV appends."""
+    return getattr(err, 'strerror', None) or str(err)
 
 
 _local = threading.local()
@@ -87,35 +168,72 @@ class VideoFrames:
         self.num_threads = num_threads or decode_threads()
         self._open()
         try:
-            pts, keys = [], []
-            for packet in self.container.demux(self.stream):
-                if packet.size == 0:  # the demuxer's end-of-stream marker
-                    continue
-                pts.append(packet.pts)
-                if packet.is_keyframe:
-                    keys.append(packet.pts)
-            self.num_frames = len(pts)
-            # Without a usable timestamp on every frame, frames are counted
-            # in decoding output order from the start instead.
-            self.pts = None
-            if None not in pts and len(set(pts)) == len(pts):
-                self.pts = np.sort(np.asarray(pts, dtype=np.int64))
-                self.key_pts = np.sort(np.asarray(keys, dtype=np.int64))
-            rate = self.stream.average_rate or self.stream.guessed_rate
-            self.fps = float(rate) if rate else 0.0
+            self._index()
         except Exception:
             self.close()
             raise
 
+    def _index(self) -> None:
+        """Read every packet's timestamp (no decoding) and check that none
+        of the frames the container declares is missing."""
+        import av
+
+        pts, keys = [], []
+        corrupt, count, end = None, 0, None
+        # The duration check needs where the frames end (absent a count).
+        track_end = not self.stream.frames
+        try:
+            for packet in self.container.demux(self.stream):
+                if packet.size == 0:
+                    if packet.pos is not None:
+                        count += 1  # an empty (dropped-frame) chunk, in AVI
+                    continue  # else the demuxer's end-of-stream marker
+                count += 1
+                pts.append(packet.pts)
+                if packet.is_keyframe:
+                    keys.append(packet.pts)
+                if packet.is_corrupt and corrupt is None:
+                    corrupt = len(pts) - 1
+                if track_end and packet.pts is not None:
+                    frame_end = packet.pts + (packet.duration or 0)
+                    end = frame_end if end is None else max(end, frame_end)
+        except av.error.FFmpegError as err:
+            raise BrokenVideoError(
+                f'{self.filename}: cannot read packet {count}: '
+                f'{_ffmpeg_message(err)}') from err
+        span = None
+        if end is not None and self.stream.time_base:
+            span = float((end - min(p for p in pts if p is not None)) *
+                         self.stream.time_base)
+        missing = missing_data(self.container, self.stream, count, span,
+                               corrupt, os.path.getsize(self.filename))
+        if missing:
+            raise BrokenVideoError(f'{self.filename}: {missing}')
+        self.num_frames = len(pts)
+        # Without a usable timestamp on every frame, frames are counted in
+        # decoding output order from the start instead.
+        self.pts = None
+        if None not in pts and len(set(pts)) == len(pts):
+            self.pts = np.sort(np.asarray(pts, dtype=np.int64))
+            self.key_pts = np.sort(np.asarray(keys, dtype=np.int64))
+        rate = self.stream.average_rate or self.stream.guessed_rate
+        self.fps = float(rate) if rate else 0.0
+
     def _open(self) -> None:
         import av
 
-        self.container = av.open(self.filename)
+        try:
+            self.container = av.open(self.filename)
+        except av.error.FileNotFoundError:
+            raise  # missing, not broken
+        except av.error.FFmpegError as err:
+            raise BrokenVideoError(f'{self.filename}: FFmpeg cannot open it: '
+                                   f'{_ffmpeg_message(err)}') from err
         self._pid = os.getpid()
         _open_videos.add(self)
         if not self.container.streams.video:
             self.close()
-            raise ValueError(f'{self.filename}: no video stream')
+            raise BrokenVideoError(f'{self.filename}: no video stream')
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = 'AUTO'  # frame and slice threads
         self.stream.thread_count = self.num_threads
@@ -188,12 +306,19 @@ class VideoFrames:
         if wanted and not 0 <= wanted[0] <= wanted[-1] < self.num_frames:
             raise IndexError(f'{self.filename}: frame indices {wanted[0]}..'
                              f'{wanted[-1]} outside 0..{self.num_frames - 1}')
-        frames = self._by_time(wanted) if self.pts is not None else {}
-        if len(frames) < len(wanted):
-            frames = self._in_order(wanted)
+        import av
+
+        try:
+            frames = self._by_time(wanted) if self.pts is not None else {}
+            if len(frames) < len(wanted):
+                frames = self._in_order(wanted)
+        except av.error.FFmpegError as err:
+            raise BrokenVideoError(
+                f'{self.filename}: decoding frames {wanted} of '
+                f'{self.num_frames} fails: {_ffmpeg_message(err)}') from err
         missing = [i for i in wanted if i not in frames]
         if missing:
-            raise RuntimeError(
+            raise BrokenVideoError(
                 f'{self.filename}: frames {missing} of {self.num_frames} '
                 'could not be decoded (the file may be truncated)')
         return [frames[i] for i in frame_inds]

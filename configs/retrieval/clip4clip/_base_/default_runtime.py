@@ -26,5 +26,7 @@ log_level = 'INFO'
 load_from = None
 resume = False
 
-# Keeps checkpoints loadable under torch's safe loading (weights_only=True).
-custom_hooks = [dict(type='SafeCheckpointHook')]
+# SafeCheckpointHook keeps checkpoints loadable under torch's safe loading
+# (weights_only=True); SkipSummaryHook logs what skip_broken skipped.
+custom_hooks = [dict(type='SafeCheckpointHook'),
+                dict(type='SkipSummaryHook')]
