@@ -20,6 +20,7 @@ from mmclip4clip.apis import (
     encode_videos,
     init_retriever,
     load_index,
+    rerank_with_tight,
     search_index,
     update_index,
 )
@@ -309,3 +310,42 @@ def test_encode_videos_names_non_finite_videos(setup, nan_model):
     with pytest.raises(ValueError, match='3 video') as err:
         encode_videos(nan_model, cfg, paths)
     assert all(str(p) in str(err.value) for p in paths)
+
+
+@pytest.fixture
+def tight(setup):
+    """A random tightTransf model with the setup's config."""
+    _, cfg, _, _ = setup
+    tight_cfg = cfg.copy()
+    tight_cfg.model = dict(cfg.model, head=dict(
+        type='TightTransfHead', embed_dim=64, num_layers=1, num_heads=2,
+        max_positions=32))
+    return init_retriever(tight_cfg), tight_cfg
+
+
+def test_rerank_puts_unreadable_files_last_with_a_null_score(setup, tight,
+                                                             tmp_path):
+    _, _, video_dir, _ = setup
+    tight_model, tight_cfg = tight
+    shutil.copytree(video_dir, tmp_path / 'videos')
+    (tmp_path / 'videos' / 'broken.mp4').write_bytes(b'not a video')
+    hits = [dict(path='broken.mp4', score=0.9),
+            dict(path='red_square_left.mp4', score=0.5)]
+    ranked = rerank_with_tight(hits, tight_model, tight_cfg,
+                               tmp_path / 'videos', 'a red square')
+    assert [h['path'] for h in ranked] == ['red_square_left.mp4',
+                                           'broken.mp4']
+    assert ranked[1]['tight_score'] is None
+    assert math.isfinite(ranked[0]['tight_score'])
+    json.dumps(ranked, allow_nan=False)  # valid JSON
+
+
+def test_non_finite_pair_logit_names_the_video(setup, tight):
+    _, _, video_dir, _ = setup
+    tight_model, tight_cfg = tight
+    with torch.no_grad():
+        for param in tight_model.head.parameters():
+            param.fill_(float('nan'))
+    with pytest.raises(ValueError, match='red_square_left.mp4.*not finite'):
+        rerank_with_tight([dict(path='red_square_left.mp4', score=0.5)],
+                          tight_model, tight_cfg, video_dir, 'a red square')
