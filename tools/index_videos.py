@@ -5,7 +5,10 @@
 
 Only new or changed files (size or mtime) are encoded on a rerun, removed
 files are dropped, and broken files are skipped and listed at the end. The
-index layout is described in ``mmclip4clip/apis/index.py``.
+index layout is described in ``mmclip4clip/apis/index.py``. A missing or
+malformed config, checkpoint, video folder or index, or a model whose
+embeddings are not finite, ends with a one-line error and exit status 1;
+nothing is written then.
 """
 import argparse
 import sys
@@ -15,14 +18,28 @@ from mmengine.config import Config
 from mmclip4clip.apis import init_retriever, update_index
 
 
+def at_least(minimum: int):
+    """An argparse type: an integer of at least ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(
+                f'must be an integer >= {minimum}, not {text!r}')
+        return value
+    return parse
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Index a folder of videos')
     parser.add_argument('config', help='model config file')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('video_dir', help='folder searched recursively')
     parser.add_argument('index', help='index directory (created if missing)')
-    parser.add_argument('--batch-size', type=int, default=8)
-    parser.add_argument('--workers', type=int, default=0,
+    parser.add_argument('--batch-size', type=at_least(1), default=8)
+    parser.add_argument('--workers', type=at_least(0), default=0,
                         help='decoding worker processes')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--rebuild', action='store_true',
@@ -32,20 +49,20 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    model = init_retriever(cfg, args.checkpoint, device=args.device)
 
     def progress(done: int, total: int) -> None:
         print(f'encoded {done}/{total}', flush=True)
 
     try:
+        cfg = Config.fromfile(args.config)
+        model = init_retriever(cfg, args.checkpoint, device=args.device)
         summary = update_index(model, cfg, args.video_dir, args.index,
                                args.config, args.checkpoint,
                                batch_size=args.batch_size,
                                num_workers=args.workers,
                                rebuild=args.rebuild, progress=progress)
-    except ValueError as err:
-        print(f'error: {err}', file=sys.stderr)
+    except (ValueError, OSError) as err:
+        print('error: ' + ' '.join(str(err).splitlines()), file=sys.stderr)
         return 1
     print('added={added} updated={updated} unchanged={unchanged} '
           'removed={removed} encoded={encoded} total={total} '

@@ -7,13 +7,21 @@
 
 CONFIG and CHECKPOINT default to those the index was built with. With a
 tightTransf model the loose top --rerank-topk hits are re-ordered by its
-pair logits.
+pair logits. Only the results go to stdout (with --json, one JSON
+document); logs, warnings and errors go to stderr, and a malformed index,
+query or option ends with a one-line error and exit status 1 (2 for an
+option argparse refuses).
 """
 import argparse
+import contextlib
 import json
+import logging
 import sys
+import warnings
+from collections.abc import Iterator
 
 from mmengine.config import Config
+from mmengine.logging import MMLogger
 
 from mmclip4clip.apis import (
     init_retriever,
@@ -24,6 +32,20 @@ from mmclip4clip.apis import (
 from mmclip4clip.apis.index import model_fingerprint
 
 
+def at_least(minimum: int):
+    """An argparse type: an integer of at least ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(
+                f'must be an integer >= {minimum}, not {text!r}')
+        return value
+    return parse
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Search a video index')
     parser.add_argument('index', help='index directory')
@@ -31,7 +53,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--config', help='default: the index\'s config')
     parser.add_argument('--checkpoint',
                         help='default: the index\'s checkpoint')
-    parser.add_argument('--topk', type=int, default=10)
+    parser.add_argument('--topk', type=at_least(1), default=10)
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--engine', choices=('exact', 'faiss'),
                         default='exact',
@@ -41,44 +63,88 @@ def parse_args() -> argparse.Namespace:
                         help='a tightTransf config: re-rank the top '
                         '--rerank-topk loose hits with its pair logits')
     parser.add_argument('--rerank-checkpoint', help='its checkpoint')
-    parser.add_argument('--rerank-topk', type=int, default=50,
+    parser.add_argument('--rerank-topk', type=at_least(1), default=50,
                         help='size of the loose shortlist to re-rank')
     parser.add_argument('--json', action='store_true',
                         help='print a JSON list of {path, score}')
-    return parser.parse_args()
+    args = parser.parse_args()
+    if (args.rerank_config is None) != (args.rerank_checkpoint is None):
+        # A tight head without its weights would re-rank at random.
+        parser.error('--rerank-config and --rerank-checkpoint go together')
+    return args
 
 
-def main() -> int:
-    args = parse_args()
+@contextlib.contextmanager
+def logs_to_stderr() -> Iterator[None]:
+    """Send what the libraries print while loading and searching to stderr,
+    so that stdout carries only the results.
+
+    mmengine's logger writes to stdout (e.g. load_checkpoint's 'Loads
+    checkpoint by ... backend'); its stream handlers are pointed at stderr
+    for the rest of the run, and plain print() calls inside the block go to
+    stderr too (a logger created inside the block binds to it as well).
+    """
+    for handler in MMLogger.get_current_instance().handlers:
+        if (isinstance(handler, logging.StreamHandler)
+                and handler.stream is sys.stdout):
+            handler.setStream(sys.stderr)
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f'warning: {message}\n'
+
+
+def search(args: argparse.Namespace) -> list[dict]:
+    """The ranked hits for ``args``; raises ValueError / OSError on a
+    malformed index, query, config or checkpoint."""
     index = load_index(args.index)
     config = args.config or index.meta['config']
     checkpoint = args.checkpoint or index.meta['checkpoint']
     cfg = Config.fromfile(config)
     if model_fingerprint(cfg, checkpoint) != index.meta['fingerprint']:
-        print(f'error: {args.index} was built with another model, checkpoint '
-              'or video pipeline', file=sys.stderr)
-        return 1
+        raise ValueError(f'{args.index} was built with another model, '
+                         'checkpoint or video pipeline')
     model = init_retriever(cfg, checkpoint, device=args.device)
     if args.rerank_config is None:
-        hits = search_index(model, cfg, index, args.query, args.topk,
+        return search_index(model, cfg, index, args.query, args.topk,
                             args.engine, args.index)
-    else:
-        shortlist = search_index(model, cfg, index, args.query,
-                                 max(args.rerank_topk, args.topk),
-                                 args.engine, args.index)
-        tight_cfg = Config.fromfile(args.rerank_config)
-        tight = init_retriever(tight_cfg, args.rerank_checkpoint,
-                               device=args.device)
-        hits = rerank_with_tight(shortlist, tight, tight_cfg,
-                                 index.meta['video_dir'],
-                                 args.query)[:args.topk]
-    if args.json:
-        print(json.dumps(hits))
-    else:
-        for rank, hit in enumerate(hits, 1):
-            tight = (f'  tight {hit["tight_score"]:.4f}'
-                     if 'tight_score' in hit else '')
-            print(f'{rank:3d}  {hit["score"]:.4f}{tight}  {hit["path"]}')
+    shortlist = search_index(model, cfg, index, args.query,
+                             max(args.rerank_topk, args.topk), args.engine,
+                             args.index)
+    tight_cfg = Config.fromfile(args.rerank_config)
+    tight = init_retriever(tight_cfg, args.rerank_checkpoint,
+                           device=args.device)
+    return rerank_with_tight(shortlist, tight, tight_cfg,
+                             index.meta['video_dir'], args.query)[:args.topk]
+
+
+def format_hits(hits: list[dict], as_json: bool) -> str:
+    if as_json:
+        # allow_nan=False: a NaN would make the output invalid JSON.
+        return json.dumps(hits, allow_nan=False)
+    lines = []
+    for rank, hit in enumerate(hits, 1):
+        tight = ''
+        if 'tight_score' in hit:
+            tight = ('  tight unreadable' if hit['tight_score'] is None else
+                     f'  tight {hit["tight_score"]:.4f}')
+        lines.append(f'{rank:3d}  {hit["score"]:.4f}{tight}  {hit["path"]}')
+    return '\n'.join(lines)
+
+
+def main() -> int:
+    args = parse_args()
+    warnings.formatwarning = one_line_warning
+    try:
+        with logs_to_stderr():
+            output = format_hits(search(args), args.json)
+    except (ValueError, OSError, ImportError) as err:
+        print('error: ' + ' '.join(str(err).splitlines()), file=sys.stderr)
+        return 1
+    if output:
+        print(output)
     return 0
 
 

@@ -1,5 +1,12 @@
-from .encode import encode_texts, encode_videos, tight_scores
+from .encode import (
+    QueryWarning,
+    encode_query,
+    encode_texts,
+    encode_videos,
+    tight_scores,
+)
 from .index import (
+    InvalidIndexError,
     VideoIndex,
     load_index,
     rerank_with_tight,
@@ -9,7 +16,8 @@ from .index import (
 from .inference import init_retriever
 
 __all__ = [
-    'VideoIndex', 'encode_texts', 'encode_videos', 'init_retriever',
+    'InvalidIndexError', 'QueryWarning', 'VideoIndex', 'encode_query',
+    'encode_texts', 'encode_videos', 'init_retriever',
     'load_index', 'rerank_with_tight', 'search_index', 'tight_scores',
     'update_index'
 ]

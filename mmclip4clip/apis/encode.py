@@ -6,6 +6,7 @@ model's data preprocessor then normalises the frames.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -22,6 +23,31 @@ from mmclip4clip.registry import TRANSFORMS
 
 # Pipeline steps that need captions or pack them; replaced by _pack_frames.
 _CAPTION_STEPS = ('TokenizeCaptions', 'PackVideoTextInputs')
+# How many names an error about many videos or texts lists.
+_MAX_NAMED = 5
+
+
+class QueryWarning(UserWarning):
+    """A search query the model reads only in part: unknown words, or words
+    past the text length."""
+
+
+def _name_some(names: Sequence[str]) -> str:
+    shown = ', '.join(names[:_MAX_NAMED])
+    more = len(names) - _MAX_NAMED
+    return shown + (f' (and {more} more)' if more > 0 else '')
+
+
+def check_finite_rows(embeddings: np.ndarray, names: Sequence[str],
+                      what: str) -> None:
+    """Raise ValueError naming the rows of ``embeddings`` [N, D] that hold a
+    NaN or inf: such a row would rank at random instead of failing."""
+    bad = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
+    if len(bad):
+        raise ValueError(
+            f'{len(bad)} {what} have embeddings that are not finite (NaN or '
+            f'inf): {_name_some([str(names[i]) for i in bad])}; the model\'s '
+            'weights (checkpoint) are probably not finite')
 
 
 def _test_pipeline(cfg: Config) -> list[dict]:
@@ -143,6 +169,9 @@ def encode_videos(
             inputs = data['inputs']
             emb = model.encode_video(inputs['frames'], inputs['frame_mask'])
             chunks.append(emb.float().cpu().numpy())  # [B, D]
+            # Per batch: with broken weights fail at once, not after hours.
+            check_finite_rows(chunks[-1], [dataset.paths[s['index']]
+                                           for s in good], 'video(s)')
         done += len(batch)
         if progress is not None:
             progress(done, len(dataset))
@@ -152,17 +181,23 @@ def encode_videos(
     return emb.astype(np.float32, copy=False), info
 
 
-@torch.no_grad()
 def encode_texts(model: torch.nn.Module, cfg: Config,
                  texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
     """Embed texts with a loose-head model -> float32 [N, D] unit vectors.
 
     Tokenised with the test pipeline's TokenizeCaptions settings, so a query
-    is read exactly as an evaluation caption.
+    is read exactly as an evaluation caption. Raises ValueError naming the
+    texts whose embedding is not finite.
     """
     _check_loose(model)
     tokenizer_path, max_words = text_settings(cfg)
-    tokenizer = load_tokenizer(tokenizer_path)
+    return _embed_texts(model, load_tokenizer(tokenizer_path), max_words,
+                        texts, batch_size)
+
+
+@torch.no_grad()
+def _embed_texts(model: torch.nn.Module, tokenizer, max_words: int,
+                 texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
     device = next(model.parameters()).device
     chunks = []
     for start in range(0, len(texts), batch_size):
@@ -173,7 +208,59 @@ def encode_texts(model: torch.nn.Module, cfg: Config,
         chunks.append(emb.float().cpu().numpy())
     if not chunks:
         return np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate(chunks).astype(np.float32, copy=False)
+    emb = np.concatenate(chunks).astype(np.float32, copy=False)
+    check_finite_rows(emb, [repr(text) for text in texts], 'text(s)')
+    return emb
+
+
+def check_query(tokenizer, query: str, max_words: int) -> None:
+    """Refuse a query the model cannot read; warn about the part it cannot.
+
+    An empty or blank query, or one whose words the tokenizer reads only as
+    its unknown token, would still produce a ranking, of nothing the user
+    wrote: ValueError. Unknown words, and words past ``max_words`` (the text
+    length with its start and end tokens), are named in a
+    :class:`QueryWarning`.
+    """
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError(f'the query {query!r} is empty: give some words to '
+                         'search for')
+    words = query.split()
+    pieces = tokenizer(words, add_special_tokens=False)['input_ids']
+    unk = tokenizer.unk_token_id
+    if not any(token != unk for ids in pieces for token in ids):
+        raise ValueError(
+            f'the tokenizer knows none of the words of the query {query!r} '
+            f'(each is read as its unknown token {tokenizer.unk_token!r}), '
+            'so a ranking would not depend on them')
+    unknown = [word for word, ids in zip(words, pieces, strict=True)
+               if unk is not None and unk in ids]
+    if unknown:
+        warnings.warn(
+            f'query {query!r}: the tokenizer does not know '
+            f'{", ".join(map(repr, unknown))}; read as its unknown token '
+            f'{tokenizer.unk_token!r}', QueryWarning, stacklevel=3)
+    # The tokens each word ends at, to name the words the model never sees.
+    ends = np.cumsum([len(ids) for ids in pieces])
+    dropped = [word for word, end in zip(words, ends, strict=True)
+               if end > max_words - 2]
+    if dropped:
+        warnings.warn(
+            f'query {query!r} is {ends[-1]} tokens long and the model reads '
+            f'the first {max_words - 2}; ignored: {" ".join(dropped)!r}',
+            QueryWarning, stacklevel=3)
+
+
+def encode_query(model: torch.nn.Module, cfg: Config,
+                 query: str) -> np.ndarray:
+    """One search query -> float32 [D] unit vector, after
+    :func:`check_query` (errors for an empty or unreadable query, a
+    :class:`QueryWarning` naming the words the model does not read)."""
+    _check_loose(model)
+    tokenizer_path, max_words = text_settings(cfg)
+    tokenizer = load_tokenizer(tokenizer_path)
+    check_query(tokenizer, query, max_words)
+    return _embed_texts(model, tokenizer, max_words, [query])[0]
 
 
 @torch.no_grad()
@@ -208,5 +295,10 @@ def tight_scores(model: torch.nn.Module, cfg: Config, query: str,
         logits = model.similarity(text, frames, inputs['frame_mask'])[0]
         for sample, logit in zip(good, logits.float().cpu().tolist(),
                                  strict=True):
+            if not np.isfinite(logit):
+                raise ValueError(
+                    f'the pair logit of query {query!r} and video '
+                    f'{dataset.paths[sample["index"]]} is not finite ({logit});'
+                    ' the tight model\'s weights are probably not finite')
             scores[sample['index']] = logit
     return scores

@@ -16,13 +16,20 @@ per row: ``path`` relative to ``video_dir``, ``size``, ``mtime_ns``,
 ``index.json`` is replaced, so a reader always sees a matching pair. An
 optional ``faiss-embeddings-<hash>.index`` caches the approximate search
 graph of those embeddings.
+
+Both files are checked whenever an index is loaded or saved (types, keys,
+relative unique paths, the array's dtype and shape against ``dim`` and
+``videos``, finite unit rows): a malformed index is an
+:class:`InvalidIndexError` naming the file and what is wrong with it, never
+a ranking.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
 import numpy as np
@@ -31,13 +38,33 @@ from mmengine.config import Config
 
 from mmclip4clip.utils import atomic_path, atomic_write
 
-from .encode import encode_texts, encode_videos, video_pipeline_cfg
+from .encode import (
+    check_finite_rows,
+    encode_query,
+    encode_videos,
+    video_pipeline_cfg,
+)
 
 INDEX_FORMAT = 'mmclip4clip-video-index'
 INDEX_VERSION = 1
 META_FILE = 'index.json'
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.mov', '.webm', '.m4v', '.mpg',
                     '.mpeg', '.wmv', '.flv', '.3gp', '.ts')
+EMBEDDINGS_NAME = re.compile(r'embeddings-[0-9a-f]+\.npy')
+# How far a stored row may be from unit length (float32 rounding only).
+UNIT_TOLERANCE = 1e-3
+
+# The keys of index.json and of its records, with the JSON types allowed.
+_META_FIELDS = dict(format=str, version=int, fingerprint=str, config=str,
+                    checkpoint=(str, type(None)), video_dir=str,
+                    embeddings=str, dim=int, videos=list, skipped=list)
+_VIDEO_FIELDS = dict(path=str, size=int, mtime_ns=int, duration=(int, float))
+_SKIPPED_FIELDS = dict(path=str, size=int, mtime_ns=int, error=str)
+
+
+class InvalidIndexError(ValueError):
+    """An index directory whose index.json or embeddings file is malformed
+    (the message names the file and the fault)."""
 
 
 @dataclass
@@ -78,41 +105,158 @@ def model_fingerprint(cfg: Config, checkpoint: str | Path | None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _type_names(types) -> str:
+    types = types if isinstance(types, tuple) else (types, )
+    return ' or '.join('null' if t is type(None) else t.__name__
+                       for t in types)
+
+
+def _check_fields(record, fields: dict, where: str) -> None:
+    """``record`` is a JSON object holding ``fields`` (key -> types)."""
+    if not isinstance(record, dict):
+        raise InvalidIndexError(f'{where} is not a JSON object but '
+                                f'{type(record).__name__}')
+    missing = [key for key in fields if key not in record]
+    if missing:
+        raise InvalidIndexError(f'{where} is missing key(s) '
+                                f'{", ".join(missing)}')
+    for key, types in fields.items():
+        value = record[key]
+        # bool is an int to Python, never to the index.
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise InvalidIndexError(
+                f'{where}: {key} must be {_type_names(types)}, not '
+                f'{type(value).__name__} {str(value)[:40]!r}')
+
+
+def _check_relative(path: str, where: str) -> None:
+    """A video path must stay inside the video folder: relative, normalised,
+    no ``..``."""
+    pure = PurePosixPath(path)
+    if (not path or pure.is_absolute() or '..' in pure.parts
+            or pure.as_posix() != path):
+        raise InvalidIndexError(
+            f'{where}: path {path!r} is not a normalised path relative to '
+            'the video folder')
+
+
+def check_meta(meta, meta_path: str | Path) -> None:
+    """Raise :class:`InvalidIndexError` naming ``meta_path`` unless ``meta``
+    is a well-formed index.json (see the module docstring)."""
+    _check_fields(meta, _META_FIELDS, str(meta_path))
+    if meta['format'] != INDEX_FORMAT or meta['version'] != INDEX_VERSION:
+        raise InvalidIndexError(
+            f'{meta_path} is not a version {INDEX_VERSION} {INDEX_FORMAT} '
+            f'file (format {meta["format"]!r}, version {meta["version"]!r})')
+    if not EMBEDDINGS_NAME.fullmatch(meta['embeddings']):
+        raise InvalidIndexError(
+            f'{meta_path}: embeddings {meta["embeddings"]!r} is not an '
+            'embeddings-<hash>.npy file name in the index folder')
+    if meta['dim'] < 0 or (meta['dim'] == 0 and meta['videos']):
+        raise InvalidIndexError(f'{meta_path}: dim {meta["dim"]} is not a '
+                                'positive embedding width')
+    seen: set[str] = set()
+    for key, fields in (('videos', _VIDEO_FIELDS),
+                        ('skipped', _SKIPPED_FIELDS)):
+        for row, record in enumerate(meta[key]):
+            where = f'{meta_path}: {key}[{row}]'
+            _check_fields(record, fields, where)
+            _check_relative(record['path'], where)
+            if record['path'] in seen:
+                raise InvalidIndexError(
+                    f'{where}: {record["path"]!r} is listed more than once')
+            seen.add(record['path'])
+
+
+def check_embeddings(embeddings: np.ndarray, meta: dict,
+                     path: str | Path) -> None:
+    """Raise :class:`InvalidIndexError` naming ``path`` unless
+    ``embeddings`` is float32 [len(videos), dim] with finite unit rows."""
+    videos = meta['videos']
+    if embeddings.dtype != np.float32 or embeddings.shape != (len(videos),
+                                                              meta['dim']):
+        raise InvalidIndexError(
+            f'{path}: embeddings are {embeddings.dtype} {embeddings.shape}, '
+            f'but index.json lists {len(videos)} videos of dim '
+            f'{meta["dim"]}: float32 ({len(videos)}, {meta["dim"]})')
+    try:
+        check_finite_rows(embeddings, [v['path'] for v in videos],
+                          'video(s)')
+    except ValueError as err:
+        raise InvalidIndexError(f'{path}: {err}') from None
+    norms = np.linalg.norm(embeddings, axis=1)
+    off = np.flatnonzero(np.abs(norms - 1) > UNIT_TOLERANCE)
+    if len(off):
+        raise InvalidIndexError(
+            f'{path}: {len(off)} rows are not unit vectors (first: '
+            f'{videos[off[0]]["path"]!r}, norm {norms[off[0]]:.4g})')
+
+
+def _reject_constant(name: str):
+    raise ValueError(f'{name} is not a JSON number')
+
+
+def read_meta(meta_path: Path) -> dict:
+    """index.json as checked by :func:`check_meta` (strict JSON: no NaN or
+    Infinity)."""
+    try:
+        meta = json.loads(meta_path.read_text(encoding='utf-8'),
+                          parse_constant=_reject_constant)
+    except UnicodeDecodeError as err:
+        raise InvalidIndexError(f'{meta_path}: not UTF-8 text ({err})') from None
+    except ValueError as err:  # json.JSONDecodeError and NaN constants
+        raise InvalidIndexError(f'{meta_path}: not valid JSON ({err})') from None
+    check_meta(meta, meta_path)
+    return meta
+
+
 def load_index(index_dir: str | Path) -> VideoIndex:
-    """Read an index directory without unpickling anything."""
+    """Read and check an index directory without unpickling anything.
+
+    Raises FileNotFoundError when ``index_dir`` holds no index.json and
+    :class:`InvalidIndexError` (a ValueError) naming the file at fault when
+    either file is malformed.
+    """
     index_dir = Path(index_dir)
     meta_path = index_dir / META_FILE
     if not meta_path.is_file():
         raise FileNotFoundError(f'{index_dir} is not a video index: no '
                                 f'{META_FILE}')
-    meta = json.loads(meta_path.read_text())
-    if meta.get('format') != INDEX_FORMAT or meta.get(
-            'version') != INDEX_VERSION:
-        raise ValueError(f'{meta_path} is not a version {INDEX_VERSION} '
-                         f'{INDEX_FORMAT} file')
-    emb = np.load(index_dir / meta['embeddings'], allow_pickle=False)
-    if emb.dtype != np.float32 or emb.ndim != 2 or len(emb) != len(
-            meta['videos']):
-        raise ValueError(f'{index_dir}: embeddings {emb.dtype} {emb.shape} do '
-                         f'not match {len(meta["videos"])} videos')
+    meta = read_meta(meta_path)
+    emb_path = index_dir / meta['embeddings']
+    if not emb_path.is_file():
+        raise InvalidIndexError(f'{emb_path}, named by {meta_path}, is '
+                                'missing')
+    try:
+        emb = np.load(emb_path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        message = ' '.join(str(err).split())
+        raise InvalidIndexError(f'{emb_path}: not a plain .npy array '
+                                f'({message})') from None
+    if not isinstance(emb, np.ndarray):
+        raise InvalidIndexError(f'{emb_path}: not a .npy array')
+    check_embeddings(emb, meta, emb_path)
     return VideoIndex(emb, meta)
 
 
 def save_index(index_dir: str | Path, embeddings: np.ndarray,
                meta: dict) -> None:
     """Write embeddings then index.json (the commit point); drop stale
-    embedding files."""
+    embedding files. Both are checked first, as :func:`load_index` does, so
+    nothing is written that could not be read back."""
     index_dir = Path(index_dir)
-    index_dir.mkdir(parents=True, exist_ok=True)
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     name = ('embeddings-' +
             hashlib.sha256(embeddings.tobytes()).hexdigest()[:16] + '.npy')
+    meta = dict(meta, embeddings=name, dim=int(embeddings.shape[1]))
+    check_meta(meta, index_dir / META_FILE)
+    check_embeddings(embeddings, meta, index_dir / name)
 
+    index_dir.mkdir(parents=True, exist_ok=True)
     with atomic_write(index_dir / name) as f:
         np.save(f, embeddings, allow_pickle=False)
-    meta = dict(meta, embeddings=name, dim=int(embeddings.shape[1]))
     with atomic_write(index_dir / META_FILE, 'w', encoding='utf-8') as f:
-        json.dump(meta, f, indent=1)
+        json.dump(meta, f, indent=1, allow_nan=False)
     for old in index_dir.glob('embeddings-*.npy'):
         if old.name != name:
             old.unlink()
@@ -143,11 +287,20 @@ def update_index(model: torch.nn.Module,
     pipeline (fingerprint), unless ``rebuild``.
     """
     video_dir, index_dir = Path(video_dir), Path(index_dir)
+    if not video_dir.is_dir():
+        # An empty listing would drop every indexed video.
+        raise FileNotFoundError(f'video folder {video_dir} does not exist '
+                                'or is not a directory')
     fingerprint = model_fingerprint(cfg, checkpoint)
     old_rows: dict[str, tuple[dict, np.ndarray]] = {}
     old_skipped: dict[str, dict] = {}
     if (index_dir / META_FILE).is_file() and not rebuild:
-        old = load_index(index_dir)
+        try:
+            old = load_index(index_dir)
+        except InvalidIndexError as err:
+            raise InvalidIndexError(
+                f'{err}; pass --rebuild to re-encode everything into it, or '
+                'choose another index path') from None
         if old.meta['fingerprint'] != fingerprint:
             raise ValueError(
                 f'{index_dir} was built with another model, checkpoint or '
@@ -156,7 +309,7 @@ def update_index(model: torch.nn.Module,
                 'everything, or choose another index path')
         old_rows = {v['path']: (v, old.embeddings[i])
                     for i, v in enumerate(old.videos)}
-        old_skipped = {s['path']: s for s in old.meta.get('skipped', [])}
+        old_skipped = {s['path']: s for s in old.meta['skipped']}
 
     files = find_videos(video_dir)
     stats = {rel: _stat(video_dir / rel) for rel in files}
@@ -219,22 +372,27 @@ def search_index(model: torch.nn.Module, cfg: Config, index: VideoIndex,
     """The ``topk`` videos by cosine similarity to ``query``, best first, as
     ``{path, score}`` (path relative to the video folder).
 
+    The query is checked by :func:`~.encode.check_query` (errors for an
+    empty or unreadable query, a ``QueryWarning`` naming unknown words).
     ``engine='exact'`` is one matrix product. ``engine='faiss'`` searches an
     approximate HNSW graph (the ``faiss-cpu`` extra), for indexes too large
     for exact search; with ``index_dir`` the graph is cached there as
     ``faiss-<embeddings file>.index`` (faiss' own binary format, no pickle)
     and rebuilt whenever the embeddings change.
     """
+    if (isinstance(topk, bool) or not isinstance(topk, (int, np.integer))
+            or topk < 1):
+        raise ValueError(f'topk must be a positive integer, not {topk!r}')
+    if engine not in ('exact', 'faiss'):
+        raise ValueError(f'unknown engine {engine!r}: exact or faiss')
+    text = encode_query(model, cfg, query)  # [D]
     if index.embeddings.shape[0] == 0:
         return []
-    text = encode_texts(model, cfg, [query])[0]  # [D]
     if engine == 'exact':
         scores = index.embeddings @ text  # [M]
         order = np.argsort(-scores, kind='stable')[:topk]
         return [dict(path=index.videos[i]['path'], score=float(scores[i]))
                 for i in order]
-    if engine != 'faiss':
-        raise ValueError(f'unknown engine {engine!r}: exact or faiss')
     graph = faiss_graph(index, index_dir)
     scores, rows = graph.search(text[None].astype(np.float32),
                                 min(topk, len(index.videos)))
@@ -268,19 +426,20 @@ def faiss_graph(index: VideoIndex, index_dir: str | Path | None = None,
     graph.hnsw.efSearch = ef_search
     return graph
 
+
 def rerank_with_tight(hits: list[dict], tight_model: torch.nn.Module,
                       tight_cfg: Config, video_dir: str | Path,
                       query: str) -> list[dict]:
     """Re-order a loose shortlist by a tightTransf model's pair logits.
 
-    Each hit keeps its loose ``score`` and gains ``tight_score``; files the
-    tight model cannot read go last.
+    Each hit keeps its loose ``score`` and gains ``tight_score``: the logit,
+    or None for a file the tight model cannot read (those go last).
     """
     from .encode import tight_scores
 
     paths = [Path(video_dir) / hit['path'] for hit in hits]
     scores = tight_scores(tight_model, tight_cfg, query, paths)
-    ranked = [dict(hit, tight_score=float(score))
+    ranked = [dict(hit, tight_score=None if np.isnan(score) else float(score))
               for hit, score in zip(hits, scores, strict=True)]
-    return sorted(ranked, key=lambda h: (np.isnan(h['tight_score']),
-                                         -np.nan_to_num(h['tight_score'])))
+    return sorted(ranked, key=lambda h: (h['tight_score'] is None,
+                                         -(h['tight_score'] or 0.0)))

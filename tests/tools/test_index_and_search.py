@@ -52,10 +52,11 @@ def workspace(tmp_path_factory) -> Path:
 @pytest.fixture(scope='module')
 def checkpoint(workspace) -> Path:
     work_dir = workspace / 'work'
+    # ~20 s alone; the timeout leaves room for a machine shared with others.
     proc = run_tool([
         REPO / 'tools/train.py', CONFIG, '--work-dir', work_dir,
         '--no-validate', '--cfg-options', f'train_cfg.max_epochs={EPOCHS}'
-    ], cwd=workspace)
+    ], cwd=workspace, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return work_dir / f'epoch_{EPOCHS}.pth'
 
@@ -177,15 +178,90 @@ def test_other_checkpoint_is_refused(workspace, model_cfg, test_index,
 
 
 def test_search_json_is_ranked(workspace, test_index):
+    """stdout is exactly one JSON document; mmengine's 'Loads checkpoint'
+    line goes to stderr."""
     proc = run_tool([REPO / 'tools/search.py', test_index,
                      'a red square moves left', '--topk', 5, '--json'],
                     cwd=workspace)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    hits = json.loads(proc.stdout.strip().splitlines()[-1])
+    hits = json.loads(proc.stdout)
+    assert 'Loads checkpoint' in proc.stderr
     assert len(hits) == 5
     scores = [h['score'] for h in hits]
     assert scores == sorted(scores, reverse=True)
     assert all(h['path'].endswith('.mp4') for h in hits)
+
+
+def test_unknown_words_are_named_on_stderr(workspace, test_index):
+    proc = run_tool([REPO / 'tools/search.py', test_index,
+                     'a red zebra moves left', '--topk', 3, '--json'],
+                    cwd=workspace)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(json.loads(proc.stdout)) == 3
+    warning = [line for line in proc.stderr.splitlines()
+               if line.startswith('warning:')]
+    assert len(warning) == 1 and "'zebra'" in warning[0], proc.stderr
+
+
+def corrupt_index_json(index: Path) -> None:
+    (index / 'index.json').write_text('{"format": ')
+
+
+@pytest.mark.parametrize('args, status, message', [
+    (['a red square', '--topk', '-5'], 2, "--topk: must be an integer >= 1"),
+    (['  '], 1, "error: the query '  ' is empty"),
+    (['zebra giraffe'], 1, 'error: the tokenizer knows none of the words'),
+    (['a red square', corrupt_index_json], 1, 'index.json: not valid JSON'),
+    (['a red square', '--rerank-config', CONFIG], 2,
+     '--rerank-config and --rerank-checkpoint go together'),
+])
+def test_search_errors_are_one_line_and_exit_non_zero(workspace, test_index,
+                                                      tmp_path, args, status,
+                                                      message):
+    index = test_index
+    if callable(args[-1]):
+        index = tmp_path / 'index'
+        shutil.copytree(test_index, index)
+        args[-1](index)
+        args = args[:-1]
+    proc = run_tool([REPO / 'tools/search.py', index, *args, '--json'],
+                    cwd=workspace)
+    assert proc.returncode == status, proc.stderr[-3000:]
+    assert proc.stdout == ''
+    assert message in proc.stderr.strip().splitlines()[-1], proc.stderr
+    assert 'Traceback' not in proc.stderr
+
+
+def test_index_videos_batch_size_must_be_positive(workspace, checkpoint,
+                                                  tmp_path):
+    proc = run_tool([REPO / 'tools/index_videos.py', CONFIG, checkpoint,
+                     'data/synthetic/videos/test', tmp_path / 'index',
+                     '--batch-size', 0], cwd=workspace)
+    assert proc.returncode == 2
+    assert '--batch-size: must be an integer >= 1' in proc.stderr
+
+
+def test_nan_checkpoint_is_refused_and_nothing_is_written(
+        workspace, model_cfg, tmp_path):
+    model, _ = model_cfg
+    # New tensors: the state dict shares the module model's storage.
+    state = {name: torch.full_like(value, float('nan'))
+             if value.is_floating_point() else value
+             for name, value in model.state_dict().items()}
+    nan_ckpt = tmp_path / 'nan.pth'
+    torch.save(dict(state_dict=state), nan_ckpt)
+    index = tmp_path / 'index'
+    proc = run_tool([REPO / 'tools/index_videos.py', CONFIG, nan_ckpt,
+                     'data/synthetic/videos/test', index, '--batch-size', 16],
+                    cwd=workspace)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith('error: 16 video(s) have embeddings that are not '
+                            'finite'), proc.stderr
+    assert '00000_' in error and 'Traceback' not in proc.stderr
+    # Refused at the first batch, before anything is stored.
+    assert 'encoded 16/90' not in proc.stdout
+    assert not (index / 'index.json').exists()
 
 
 def test_tight_head_is_refused(model_cfg):
@@ -218,7 +294,7 @@ def test_tight_rerank_orders_a_shortlist_by_pair_logits(workspace, model_cfg,
                      '--rerank-config', tight_path, '--rerank-checkpoint', ckpt,
                      '--rerank-topk', 6, '--json'], cwd=workspace)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    hits = json.loads(proc.stdout.strip().splitlines()[-1])
+    hits = json.loads(proc.stdout)
     assert len(hits) == 4
     tight_scores = [h['tight_score'] for h in hits]
     assert tight_scores == sorted(tight_scores, reverse=True)
