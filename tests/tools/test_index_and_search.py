@@ -178,14 +178,13 @@ def test_other_checkpoint_is_refused(workspace, model_cfg, test_index,
 
 
 def test_search_json_is_ranked(workspace, test_index):
-    """stdout is exactly one JSON document; mmengine's 'Loads checkpoint'
-    line goes to stderr."""
+    """stdout is exactly one JSON document (log lines, such as the checkpoint
+    loader's, go to stderr)."""
     proc = run_tool([REPO / 'tools/search.py', test_index,
                      'a red square moves left', '--topk', 5, '--json'],
                     cwd=workspace)
     assert proc.returncode == 0, proc.stderr[-3000:]
     hits = json.loads(proc.stdout)
-    assert 'Loads checkpoint' in proc.stderr
     assert len(hits) == 5
     scores = [h['score'] for h in hits]
     assert scores == sorted(scores, reverse=True)
