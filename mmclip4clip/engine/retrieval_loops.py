@@ -64,12 +64,17 @@ def assemble_result(model, samples: list[BaseDataElement],
     video_mask = torch.stack([s.video_mask for s in samples]) \
         if 'video_mask' in samples[0] else None  # [M, T], tight head only
     counts = torch.tensor([len(s.text_emb) for s in samples])
-    return dict(
+    result = dict(
         scores=build_scores(model, text_emb, video_emb, block_size, video_mask),
         text_video_index=torch.repeat_interleave(
             torch.arange(len(samples)), counts),
         video_ids=[s.video_id for s in samples],
         captions=[c for s in samples for c in s.captions])
+    if all('filename' in s for s in samples):
+        # The files the dataset read (data prefix + annotation path), so a
+        # dump says where each video is even when its id is not a path.
+        result['video_paths'] = [s.filename for s in samples]
+    return result
 
 
 class _RetrievalLoopMixin:

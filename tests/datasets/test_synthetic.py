@@ -1,5 +1,7 @@
 """Tests of the synthetic dataset generator and its CLI."""
+import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +10,7 @@ import decord
 import numpy as np
 import pytest
 
+from mmclip4clip.datasets import synthetic
 from mmclip4clip.datasets.synthetic import (
     COLOURS,
     COLUMNS,
@@ -21,6 +24,7 @@ from mmclip4clip.datasets.synthetic import (
     make_synthetic_dataset,
     render_clip,
     render_clip_and_place,
+    write_mp4,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -211,6 +215,65 @@ def test_same_seed_gives_same_dataset(dataset, tmp_path):
     video = load_records(out_dir, 'test')[0]['video']
     assert ((tmp_path / 'again' / 'videos' / video).read_bytes() ==
             (out_dir / 'videos' / video).read_bytes())
+
+
+def file_digests(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root``, by relative path."""
+    return {
+        str(path.relative_to(root)): hashlib.sha256(
+            path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob('*')) if path.is_file()
+    }
+
+
+def test_two_fresh_processes_write_identical_files(tmp_path):
+    """The CLI run twice, in processes that differ in their string hashing
+    and in the CPUs they may use, writes the same bytes in every file."""
+    command = [
+        sys.executable, 'tools/data/make_synthetic_dataset.py',
+        '--train-per-combo', '1', '--test-per-combo', '1', '--size', '32',
+        '--seconds', '2', '--seed', '3'
+    ]
+    one_cpu = min(os.sched_getaffinity(0))
+    runs = {
+        'first': ({'PYTHONHASHSEED': '1'}, None),
+        'second': ({'PYTHONHASHSEED': '2'},
+                   lambda: os.sched_setaffinity(0, {one_cpu})),
+    }
+    for name, (env, preexec) in runs.items():
+        result = subprocess.run(
+            [*command, '--out', str(tmp_path / name)], cwd=REPO_ROOT,
+            env={**os.environ, **env}, preexec_fn=preexec,
+            capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+    first = file_digests(tmp_path / 'first')
+    assert len(first) == 2 * len(COMBINATIONS) + 2 + 1 + 2  # videos,
+    # annotations, meta.json, tokenizer.json and tokenizer_config.json
+    assert file_digests(tmp_path / 'second') == first
+
+
+def test_encoded_bytes_do_not_depend_on_the_cpu_instruction_set(
+        monkeypatch, tmp_path):
+    """x264 chooses its SIMD routines from the CPU it runs on; ``asm=0``
+    (no SIMD at all) stands in for another machine's CPU here."""
+    default = dict(synthetic.X264_OPTIONS)
+    without_simd = {
+        **default, 'x264-params': default['x264-params'] + ':asm=0'
+    }
+    # Clips whose bytes changed with the instruction set before the fix.
+    for index in (0, 2, 4, 6):
+        frames = render_clip(*COMBINATIONS[index],
+                             np.random.default_rng(index))
+        encoded = {}
+        for name, options in (('default', default),
+                              ('without_simd', without_simd)):
+            monkeypatch.setattr(synthetic, 'X264_OPTIONS', options)
+            path = tmp_path / f'{index}_{name}.mp4'
+            write_mp4(frames, path, fps=10)
+            encoded[name] = path.read_bytes()
+        assert encoded['default'] == encoded['without_simd'], index
+        # One encoder thread, whatever the number of cores.
+        assert b' threads=1 ' in encoded['default']
 
 
 def test_ensure_does_no_work_when_complete_and_regenerates_otherwise(

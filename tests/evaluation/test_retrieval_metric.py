@@ -340,6 +340,9 @@ def test_dump_file_writes_pickle_with_documented_keys_and_shapes(tmp_path):
     index = uneven_shuffled_index(5, seed=1)
     scores = torch.randn(len(index), 5, dtype=torch.float64)
     result = make_result(scores, index)
+    # Ids that are not paths, as the prepared benchmarks write them.
+    result['video_paths'] = [f'data/videos/{video}.mp4'
+                             for video in result['video_ids']]
     path = tmp_path / 'new' / 'dir' / 'scores.pkl'
     metrics = run_metric(result, dsl_tau=50.0, dump_file=str(path), prefix='d')
 
@@ -347,9 +350,10 @@ def test_dump_file_writes_pickle_with_documented_keys_and_shapes(tmp_path):
         dump = pickle.load(f)
     num_texts, num_videos = scores.shape
     assert set(dump) == {
-        'scores', 'video_ids', 'captions', 'text_video_index', 't2v_ranks',
-        'v2t_ranks', 'metrics', 'dsl_t2v_ranks', 'dsl_v2t_ranks'
+        'scores', 'video_ids', 'video_paths', 'captions', 'text_video_index',
+        't2v_ranks', 'v2t_ranks', 'metrics', 'dsl_t2v_ranks', 'dsl_v2t_ranks'
     }
+    assert dump['video_paths'] == result['video_paths']
     assert dump['scores'].dtype == np.float32
     assert dump['scores'].shape == (num_texts, num_videos)
     np.testing.assert_allclose(dump['scores'], scores.numpy(), rtol=1e-6)
@@ -377,6 +381,13 @@ def test_dump_file_is_readable_as_the_umask_allows(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_video_paths_must_match_the_video_columns():
+    result = dict(make_result(torch.rand(3, 3), torch.arange(3)),
+                  video_paths=['a.mp4', 'b.mp4'])
+    with pytest.raises(ValueError, match="'video_paths' has 2 entries"):
+        run_metric(result)
 
 
 def test_dump_without_dsl_has_no_dsl_ranks(tmp_path):

@@ -4,7 +4,9 @@ Usage (from the repository root)::
 
     python tools/data/make_synthetic_dataset.py --out data/synthetic
 
-Does nothing if a complete dataset with the same parameters is already there.
+Does nothing if a complete dataset with the same parameters (and format
+version) is already there. The same parameters give the same files, byte for
+byte, on any machine with the same PyAV build.
 """
 import argparse
 import sys

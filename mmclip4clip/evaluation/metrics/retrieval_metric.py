@@ -45,6 +45,8 @@ class RetrievalMetric(BaseMetric):
     - ``text_video_index``: long Tensor [N_text], column of each caption's video.
     - ``video_ids``: list of M_video str.
     - ``captions``: list of N_text str.
+    - ``video_paths`` (optional, only dumped): list of M_video str, the
+      file of each video as the dataset resolved it.
 
     Ranks follow spec section 7: ties do not push the ground truth down, a NaN
     or inf score is an error naming the query, and a video with several
@@ -139,13 +141,20 @@ class RetrievalMetric(BaseMetric):
             raise ValueError(
                 f"'captions' has {len(result['captions'])} entries, but "
                 f"'scores' has {num_texts} caption rows")
-        return {
+        checked = {
             'scores': scores if isinstance(scores, EmbeddingScores) else
             scores.detach(),
             'text_video_index': index.detach().long(),
             'video_ids': list(result['video_ids']),
             'captions': list(result['captions']),
         }
+        if 'video_paths' in result:  # optional: only dumped
+            if len(result['video_paths']) != num_videos:
+                raise ValueError(
+                    f"'video_paths' has {len(result['video_paths'])} "
+                    f"entries, but 'scores' has {num_videos} video columns")
+            checked['video_paths'] = [str(p) for p in result['video_paths']]
+        return checked
 
     def compute_metrics(self, results: list) -> dict[str, float]:
         """Metrics of the one full result; dump it if ``dump_file`` is set."""
@@ -200,6 +209,8 @@ class RetrievalMetric(BaseMetric):
             'scores': result['scores'].float().cpu().numpy(),  # float32 [N, M]
             'video_ids': result['video_ids'],
             'captions': result['captions'],
+            **({'video_paths': result['video_paths']}
+               if 'video_paths' in result else {}),
             'text_video_index': result['text_video_index'].cpu().numpy(),  # [N]
             'metrics': metrics,
         }
