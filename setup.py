@@ -20,8 +20,10 @@ setup(
         'mmaction2==1.2.0',
         # PyAV decodes videos in the data pipeline (AVInit / AVDecode), writes
         # the synthetic clips and re-encodes videos; decord backs mmaction2's
-        # DecordInit for configs that choose it.
-        'av',
+        # DecordInit for configs that choose it. Pinned to one release: the
+        # x264 bundled in its wheels decides the synthetic clips' bytes, and
+        # with them the quick start's figures.
+        'av==18.1.*',
         'decord>=0.6.0',
         'numpy',
         'pillow',
