@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from mmclip4clip.models.one_query_attention import one_query_attention
 from mmclip4clip.registry import MODELS
 
+from .clip_text_tower import clip_text_tower
 from .cross_blocks import (
     CROSS_LN_EPS,
     MASK_BIAS,
@@ -69,9 +70,15 @@ class TightTransfHead(nn.Module):
         init_new_module(self)
 
     def init_from_clip(self, clip: nn.Module) -> None:
-        """Position rows and blocks from CLIP's text tower (spec section 2)."""
-        load_position_rows(self.position_embeddings, clip.text_model)
-        self.transformer.load_hf_clip_text_layers(clip.text_model)
+        """Position rows and blocks from CLIP's text tower (spec section 2).
+
+        ``clip``: a Hugging Face ``CLIPModel`` or OpenAI's
+        ``clip.model.CLIP`` (mmaction2's model); anything else is a
+        ``TypeError`` (see :func:`clip_text_tower`).
+        """
+        tower = clip_text_tower(clip)
+        load_position_rows(self.position_embeddings, tower)
+        self.transformer.load_clip_text_blocks(tower)
 
     def _check_length(self, num_frames: int) -> None:
         """1 + T tokens must fit the position table."""
