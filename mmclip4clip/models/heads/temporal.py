@@ -6,6 +6,9 @@ video is still one vector.
 
 seqTransf's position table and blocks start from CLIP's text tower
 (``init_from_clip``), as in the original.
+
+Too many frames for seqTransf's position table is a ``ValueError``, where
+mmaction2's TransformerAdapter fails in torch with a ``RuntimeError``.
 """
 from __future__ import annotations
 

@@ -4,6 +4,10 @@ Unlike the loose heads there is no per-video vector: every (text, video) pair
 runs through the cross transformer, so scoring N texts against M videos costs
 N * M passes. :meth:`TightTransfHead.pair_logits` does them in chunks of
 ``chunk_size`` pairs, so peak memory is set by the chunk, not by N * M.
+
+Input that does not fit (1 + T tokens past the position table, a bad
+``chunk_size``) is a ``ValueError``, where mmaction2's adapters leave shape
+errors to torch (``RuntimeError``).
 """
 from __future__ import annotations
 
