@@ -97,6 +97,91 @@ def test_meanp_head_all_padding_video_gives_finite_zero_vector():
     assert torch.isfinite(x.grad).all()
 
 
+def test_meanp_head_default_is_bitwise_the_frame_axis_formula():
+    """dim's default keeps the old arithmetic exactly (issue 14 case 5)."""
+    x, mask = make_features()
+    frames = F.normalize(x, dim=-1)
+    weights = mask.to(x.dtype).unsqueeze(-1)
+    old = (frames * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    assert torch.equal(MeanPHead()(x, mask), F.normalize(old, dim=-1))
+    assert torch.equal(MeanPHead(dim=(1, ))(x, mask), MeanPHead()(x, mask))
+    assert torch.equal(MeanPHead()(x),
+                       F.normalize(frames.mean(dim=1), dim=-1))
+
+
+def slow_mean_pooling(x: torch.Tensor, mask: torch.Tensor | None,
+                      frame_axes: bool) -> torch.Tensor:
+    """[B, T, K, D]: average axes 1 and 2 (frame_axes) or only axis 2,
+    one normalised vector at a time, in double, skipping padded frames."""
+    b, t, k, _ = x.shape
+    out = []
+    for i in range(b):
+        if frame_axes:
+            real = [x[i, f, j] for f in range(t) for j in range(k)
+                    if mask is None or mask[i, f]]
+            groups = [real]
+        else:
+            groups = [[x[i, f, j] for j in range(k)] for f in range(t)]
+        pooled = []
+        for vectors in groups:
+            if not vectors:  # no real frame: zero, as the original
+                pooled.append(torch.zeros(x.shape[-1], dtype=torch.float64))
+                continue
+            mean = sum(v.double() / v.double().norm() for v in vectors)
+            mean = mean / len(vectors)
+            pooled.append(mean / mean.norm())
+        out.append(torch.stack(pooled) if not frame_axes else pooled[0])
+    return torch.stack(out).float()
+
+
+@pytest.mark.parametrize('dim', [(1, 2), (2, 1), (-3, -2), [1, -2]])
+def test_meanp_head_over_two_axes_equals_slow_loop_with_mask(dim):
+    """mmaction2's SimpleMeanAdapter(dim=(1, 2)) shape, [B, T, K, D] ->
+    [B, D], honouring the frame mask; an all-padded video gives zero."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 5, 3, 8, generator=gen)
+    _, mask = make_features()
+    mask[3] = 0
+    out = MeanPHead(dim=dim)(x, mask)
+    assert out.shape == (4, 8)
+    torch.testing.assert_close(out, slow_mean_pooling(x, mask, True), **TOL)
+    assert torch.equal(out[3], torch.zeros(8))
+    torch.testing.assert_close(MeanPHead(dim=dim)(x),
+                               slow_mean_pooling(x, None, True), **TOL)
+
+
+def test_meanp_head_over_an_inner_axis_keeps_the_frames():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 5, 3, 8, generator=gen)
+    out = MeanPHead(dim=2)(x)
+    assert out.shape == (4, 5, 8)
+    torch.testing.assert_close(out, slow_mean_pooling(x, None, False), **TOL)
+
+
+@pytest.mark.parametrize('dim, shape, with_mask, message', [
+    (0, (4, 5, 8), False, 'axis 0 is the batch axis'),
+    ((1, 2), (4, 5, 8), False, 'axis 2 is the feature axis'),
+    (-1, (4, 5, 8), False, 'axis 2 is the feature axis'),
+    (1, (4, 8), False, 'axis 1 is the feature axis'),
+    ((1, 3), (4, 5, 8), False, 'an axis is out of range'),
+    ((1, -2), (4, 5, 8), False, 'an axis is named twice'),
+    (2, (4, 5, 3, 8), True, 'which is not averaged'),
+    ((1, 2), (4, 6, 3, 8), True, r'the frame mask has shape \[4, 5\]'),
+])
+def test_meanp_head_refuses_axes_that_make_no_sense(dim, shape, with_mask,
+                                                    message):
+    x = torch.randn(shape)
+    mask = make_features()[1] if with_mask else None
+    with pytest.raises(ValueError, match=r'MeanPHead\(dim=.*' + message):
+        MeanPHead(dim=dim)(x, mask)
+
+
+@pytest.mark.parametrize('dim', [(), True, 1.0, (1, '2'), None])
+def test_meanp_head_refuses_a_dim_that_is_not_ints(dim):
+    with pytest.raises(ValueError, match='dim must be an int or a non-empty'):
+        MeanPHead(dim=dim)
+
+
 # ---- SymmetricInfoNCELoss ------------------------------------------------
 @pytest.mark.parametrize('n', [1, 3, 6])
 def test_infonce_equals_float64_loop_of_both_directions(n,

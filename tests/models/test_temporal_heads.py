@@ -1,10 +1,19 @@
 """seqLSTM and seqTransf heads: batched equals per-video, padding is inert,
 and frame order matters (unlike meanP)."""
+from collections import OrderedDict
+
+import openai_reference as ref
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mmclip4clip.models.heads import MeanPHead, SeqLSTMHead, SeqTransfHead
+from mmclip4clip.models.checkpoints.openai_clip import clip_from_openai
+from mmclip4clip.models.heads import (
+    MeanPHead,
+    SeqLSTMHead,
+    SeqTransfHead,
+    TightTransfHead,
+)
 
 D, T = 64, 6
 
@@ -133,3 +142,85 @@ def test_reversed_clip_scores_same_for_meanp_only(clip_config):
             assert gap < 1e-5
         else:
             assert gap > 1e-3, name
+
+
+# ---- init_from_clip from either CLIP layout (issue 14 case 3) --------------
+class OpenAIStyleBlock(torch.nn.Module):
+    """A text block of OpenAI's clip.model.CLIP (attribute names only)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.attn = torch.nn.MultiheadAttention(width, width // 64)
+        self.ln_1 = torch.nn.LayerNorm(width)
+        self.mlp = torch.nn.Sequential(OrderedDict(
+            c_fc=torch.nn.Linear(width, 4 * width), gelu=torch.nn.GELU(),
+            c_proj=torch.nn.Linear(4 * width, width)))
+        self.ln_2 = torch.nn.LayerNorm(width)
+
+
+class OpenAIStyleCLIP(torch.nn.Module):
+    """The text side of OpenAI's ``clip.model.CLIP``, the CLIP inside
+    mmaction2's CLIPSimilarity, holding an OpenAI state dict's text keys."""
+
+    def __init__(self, sd: dict) -> None:
+        super().__init__()
+        ctx, width = sd['positional_embedding'].shape
+        layers = sum(k.endswith('ln_1.weight') and k.startswith('transformer.')
+                     for k in sd)
+        self.token_embedding = torch.nn.Embedding(
+            *sd['token_embedding.weight'].shape)
+        self.positional_embedding = torch.nn.Parameter(torch.empty(ctx, width))
+        self.transformer = torch.nn.Module()
+        self.transformer.resblocks = torch.nn.Sequential(
+            *[OpenAIStyleBlock(width) for _ in range(layers)])
+        self.ln_final = torch.nn.LayerNorm(width)
+        self.text_projection = torch.nn.Parameter(
+            torch.empty(sd['text_projection'].shape))
+        own = set(self.state_dict())
+        self.load_state_dict({k: v for k, v in sd.items() if k in own})
+
+
+def heads_for_layout_test():
+    return {
+        'seqTransf': lambda: SeqTransfHead(128, num_layers=2, max_positions=20),
+        'tightTransf': lambda: TightTransfHead(128, num_layers=2,
+                                               max_positions=20),
+    }
+
+
+@pytest.mark.parametrize('kind', ['seqTransf', 'tightTransf'])
+def test_init_from_openai_layout_equals_init_from_hf_layout(kind):
+    """mmaction2's CLIP (OpenAI layout) and the CLIPModel converted from
+    the same weights give the head exactly the same tensors."""
+    sd = ref.make_openai_state_dict(width=128, layers=2, context_length=16)
+    openai_clip = OpenAIStyleCLIP(sd)
+    hf_clip = clip_from_openai(sd)
+    torch.manual_seed(0)
+    from_openai = heads_for_layout_test()[kind]()
+    torch.manual_seed(1)  # a different random start: all must be replaced
+    from_hf = heads_for_layout_test()[kind]()
+    from_openai.init_from_clip(openai_clip)
+    from_hf.init_from_clip(hf_clip)
+    table = ('frame_position_embeddings' if kind == 'seqTransf'
+             else 'position_embeddings')
+    assert torch.equal(getattr(from_openai, table).weight[:16],
+                       sd['positional_embedding'])
+    block = from_openai.transformer.resblocks[1]
+    assert torch.equal(block.attn.in_proj_weight,
+                       sd['transformer.resblocks.1.attn.in_proj_weight'])
+    loaded = {k for k in from_hf.state_dict() if k.startswith('transformer.')}
+    assert loaded, 'no cross blocks'
+    for name, value in from_hf.state_dict().items():
+        if name.startswith('transformer.') or name == f'{table}.weight':
+            mine = from_openai.state_dict()[name]
+            if name == f'{table}.weight':  # rows past CLIP's 16 keep init
+                mine, value = mine[:16], value[:16]
+            assert torch.equal(mine, value), name
+
+
+@pytest.mark.parametrize('kind', ['seqTransf', 'tightTransf'])
+def test_init_from_an_unknown_module_is_a_type_error(kind):
+    head = heads_for_layout_test()[kind]()
+    with pytest.raises(TypeError, match=r'torch\.nn\.modules\.linear\.Linear '
+                       r'is not a CLIP model'):
+        head.init_from_clip(torch.nn.Linear(2, 2))

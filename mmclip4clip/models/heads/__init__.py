@@ -1,3 +1,4 @@
+from .clip_text_tower import ClipTextTower, clip_text_tower
 from .cross_blocks import CrossTransformer, QuickGELU, ResidualAttentionBlock
 from .loose import LooseHead, MeanPHead, masked_mean
 from .mmaction2_adapters import MMAction2MeanHead, MMAction2TransformerHead
@@ -5,8 +6,8 @@ from .temporal import SeqLSTMHead, SeqTransfHead
 from .tight import TightTransfHead
 
 __all__ = [
-    'CrossTransformer', 'LooseHead', 'MeanPHead', 'MMAction2MeanHead',
+    'ClipTextTower', 'CrossTransformer', 'LooseHead', 'MeanPHead', 'MMAction2MeanHead',
     'MMAction2TransformerHead', 'QuickGELU',
     'ResidualAttentionBlock', 'SeqLSTMHead', 'SeqTransfHead', 'TightTransfHead',
-    'masked_mean'
+    'clip_text_tower', 'masked_mean'
 ]

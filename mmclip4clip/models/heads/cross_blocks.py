@@ -16,6 +16,8 @@ from torch import Tensor, nn
 
 from mmclip4clip.models.quick_gelu import quick_gelu_mlp
 
+from .clip_text_tower import ClipTextTower
+
 # The original cross modules' LayerNorm eps (CLIP's own blocks use 1e-5).
 CROSS_LN_EPS = 1e-12
 # Additive attention bias on padded keys, as in the original code.
@@ -66,20 +68,6 @@ class ResidualAttentionBlock(nn.Module):
         x = x + self.attn(h, h, h, attn_mask=attn_bias, need_weights=False)[0]
         return x + self.mlp(self.ln_2(x))
 
-    @torch.no_grad()
-    def load_hf_clip_layer(self, layer: nn.Module) -> None:
-        """Copy the weights of a Hugging Face ``CLIPEncoderLayer``."""
-        attn = layer.self_attn
-        self.attn.in_proj_weight.copy_(torch.cat(
-            [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]))
-        self.attn.in_proj_bias.copy_(torch.cat(
-            [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]))
-        self.attn.out_proj.load_state_dict(attn.out_proj.state_dict())
-        self.ln_1.load_state_dict(layer.layer_norm1.state_dict())
-        self.ln_2.load_state_dict(layer.layer_norm2.state_dict())
-        self.mlp.c_fc.load_state_dict(layer.mlp.fc1.state_dict())
-        self.mlp.c_proj.load_state_dict(layer.mlp.fc2.state_dict())
-
 
 def key_padding_bias(mask: Tensor, heads: int, dtype: torch.dtype) -> Tensor:
     """[B, S] mask (1 = real) -> [B * heads, S, S] additive attention bias.
@@ -119,29 +107,28 @@ class CrossTransformer(nn.Module):
             x = block(x, bias)
         return x
 
-    def load_hf_clip_text_layers(self, text_model: nn.Module) -> bool:
+    def load_clip_text_blocks(self, tower: ClipTextTower) -> bool:
         """Start from the first ``num_layers`` blocks of CLIP's text tower.
 
         Returns False (and warns) when the shapes do not allow it: another
         width, head count or MLP width, or fewer text blocks.
         """
-        layers = text_model.encoder.layers
         width = self.resblocks[0].ln_1.normalized_shape[0]
-        text_width = text_model.config.hidden_size
-        text_heads = text_model.config.num_attention_heads
-        text_mlp = text_model.config.intermediate_size
-        if (text_width != width or len(layers) < len(self.resblocks)
-                or text_heads != self.heads or text_mlp != 4 * width):
+        text_width = tower.width
+        text_mlp = (tower.blocks[0]['mlp.c_fc.weight'].shape[0]
+                    if tower.blocks else 0)
+        if (text_width != width or len(tower.blocks) < len(self.resblocks)
+                or tower.num_heads != self.heads or text_mlp != 4 * width):
             warnings.warn(
                 f'cross blocks (width {width}, {self.heads} heads, MLP '
                 f'{4 * width}, {len(self.resblocks)} layers) cannot start from '
-                f'CLIP\'s text blocks (width {text_width}, {text_heads} heads, '
-                f'MLP {text_mlp}, {len(layers)} layers); they stay randomly '
-                'initialised',
+                f'CLIP\'s text blocks (width {text_width}, {tower.num_heads} '
+                f'heads, MLP {text_mlp}, {len(tower.blocks)} layers); they '
+                'stay randomly initialised',
                 stacklevel=2)
             return False
-        for block, layer in zip(self.resblocks, layers, strict=False):
-            block.load_hf_clip_layer(layer)
+        for block, weights in zip(self.resblocks, tower.blocks, strict=False):
+            block.load_state_dict(weights)
         return True
 
 
@@ -159,10 +146,10 @@ def init_new_module(module: nn.Module, std: float = 0.02) -> None:
 
 
 @torch.no_grad()
-def load_position_rows(table: nn.Embedding, text_model: nn.Module) -> None:
+def load_position_rows(table: nn.Embedding, tower: ClipTextTower) -> None:
     """Copy CLIP's text positional rows into ``table`` (as many as both
     have; extra rows keep their init)."""
-    src = text_model.embeddings.position_embedding.weight
+    src = tower.position_embedding
     if src.shape[1] != table.weight.shape[1]:
         warnings.warn(
             f'position table width {table.weight.shape[1]} differs from '

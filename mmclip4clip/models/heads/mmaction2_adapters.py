@@ -8,7 +8,8 @@ eps 1e-5) without a mask, adds its input back and averages. A checkpoint
 converted from mmaction2 uses these heads so it reproduces mmaction2's
 scores. mmaction2 always samples ``num_segs`` real frames; with padded frames
 (which our pipelines may produce) these heads average them in as mmaction2
-would, so use them with full-length clips.
+would, so use them with full-length clips. A frame count other than ``num_segs``
+is a ``ValueError`` here, a ``RuntimeError`` (from torch) in mmaction2.
 """
 from __future__ import annotations
 

@@ -6,6 +6,9 @@ video is still one vector.
 
 seqTransf's position table and blocks start from CLIP's text tower
 (``init_from_clip``), as in the original.
+
+Too many frames for seqTransf's position table is a ``ValueError``, where
+mmaction2's TransformerAdapter fails in torch with a ``RuntimeError``.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mmclip4clip.registry import MODELS
 
+from .clip_text_tower import clip_text_tower
 from .cross_blocks import CrossTransformer, init_new_module, load_position_rows
 from .loose import LooseHead
 
@@ -85,9 +89,15 @@ class SeqTransfHead(LooseHead):
         init_new_module(self)
 
     def init_from_clip(self, clip: nn.Module) -> None:
-        """Position rows and blocks from CLIP's text tower (spec section 2)."""
-        load_position_rows(self.frame_position_embeddings, clip.text_model)
-        self.transformer.load_hf_clip_text_layers(clip.text_model)
+        """Position rows and blocks from CLIP's text tower (spec section 2).
+
+        ``clip``: a Hugging Face ``CLIPModel`` or OpenAI's
+        ``clip.model.CLIP`` (mmaction2's model); anything else is a
+        ``TypeError`` (see :func:`clip_text_tower`).
+        """
+        tower = clip_text_tower(clip)
+        load_position_rows(self.frame_position_embeddings, tower)
+        self.transformer.load_clip_text_blocks(tower)
 
     def transform(self, x: Tensor, mask: Tensor | None) -> Tensor:
         t = x.shape[1]

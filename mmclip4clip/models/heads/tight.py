@@ -4,6 +4,10 @@ Unlike the loose heads there is no per-video vector: every (text, video) pair
 runs through the cross transformer, so scoring N texts against M videos costs
 N * M passes. :meth:`TightTransfHead.pair_logits` does them in chunks of
 ``chunk_size`` pairs, so peak memory is set by the chunk, not by N * M.
+
+Input that does not fit (1 + T tokens past the position table, a bad
+``chunk_size``) is a ``ValueError``, where mmaction2's adapters leave shape
+errors to torch (``RuntimeError``).
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from torch import Tensor, nn
 from mmclip4clip.models.one_query_attention import one_query_attention
 from mmclip4clip.registry import MODELS
 
+from .clip_text_tower import clip_text_tower
 from .cross_blocks import (
     CROSS_LN_EPS,
     MASK_BIAS,
@@ -69,9 +74,15 @@ class TightTransfHead(nn.Module):
         init_new_module(self)
 
     def init_from_clip(self, clip: nn.Module) -> None:
-        """Position rows and blocks from CLIP's text tower (spec section 2)."""
-        load_position_rows(self.position_embeddings, clip.text_model)
-        self.transformer.load_hf_clip_text_layers(clip.text_model)
+        """Position rows and blocks from CLIP's text tower (spec section 2).
+
+        ``clip``: a Hugging Face ``CLIPModel`` or OpenAI's
+        ``clip.model.CLIP`` (mmaction2's model); anything else is a
+        ``TypeError`` (see :func:`clip_text_tower`).
+        """
+        tower = clip_text_tower(clip)
+        load_position_rows(self.position_embeddings, tower)
+        self.transformer.load_clip_text_blocks(tower)
 
     def _check_length(self, num_frames: int) -> None:
         """1 + T tokens must fit the position table."""
