@@ -16,20 +16,7 @@ import sys
 from mmengine.config import Config
 
 from mmclip4clip.apis import init_retriever, update_index
-
-
-def at_least(minimum: int):
-    """An argparse type: an integer of at least ``minimum``."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(
-                f'must be an integer >= {minimum}, not {text!r}')
-        return value
-    return parse
+from mmclip4clip.utils.cli import at_least
 
 
 def parse_args() -> argparse.Namespace:

@@ -30,20 +30,7 @@ from mmclip4clip.apis import (
     search_index,
 )
 from mmclip4clip.apis.index import model_fingerprint
-
-
-def at_least(minimum: int):
-    """An argparse type: an integer of at least ``minimum``."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(
-                f'must be an integer >= {minimum}, not {text!r}')
-        return value
-    return parse
+from mmclip4clip.utils.cli import at_least
 
 
 def parse_args() -> argparse.Namespace:

@@ -1,3 +1,4 @@
+from .cli import at_least
 from .fileio import atomic_path, atomic_write
 
-__all__ = ['atomic_path', 'atomic_write']
+__all__ = ['at_least', 'atomic_path', 'atomic_write']
