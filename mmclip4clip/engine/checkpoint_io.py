@@ -154,7 +154,7 @@ def _describe_unreadable(path: str, err: BaseException) -> str:
 
 
 def load_checkpoint_file(path: str | os.PathLike, map_location=None,
-                         allow_pickle: bool = False):
+                         allow_pickle: bool = False, mmap: bool = False):
     """``torch.load`` a local checkpoint in safe mode, with errors that say
     what is wrong with the file and name it.
 
@@ -165,6 +165,8 @@ def load_checkpoint_file(path: str | os.PathLike, map_location=None,
             ``--allow-pickle`` flag, that the file is trusted). Otherwise
             only tensors, containers, plain values and numpy scalars and
             arrays load, unless ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set.
+        mmap: map the tensors' bytes instead of reading them (zip files
+            only), for callers that read a few entries of a large file.
 
     Raises:
         FileNotFoundError: no such file.
@@ -184,7 +186,7 @@ def load_checkpoint_file(path: str | os.PathLike, map_location=None,
     try:
         with _numpy_allowed():
             return torch.load(path, map_location=map_location,
-                              weights_only=weights_only)
+                              weights_only=weights_only, mmap=mmap)
     except OSError:
         raise
     except Exception as err:

@@ -15,8 +15,9 @@ import zipfile
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
+
+from mmclip4clip.engine.checkpoint_io import load_checkpoint_file
 
 __all__ = ['NOT_LITERAL', 'config_literals', 'mmaction2_adapter_heads']
 
@@ -78,8 +79,9 @@ def config_literals(text: str) -> dict[str, Any]:
 def _stored_model(path: str, allow_pickle: bool) -> dict | None:
     """The literal ``model`` settings of ``meta['cfg']`` in checkpoint
     ``path``; None when it stores no config text."""
-    ckpt = torch.load(path, map_location='cpu', weights_only=not allow_pickle,
-                      mmap=zipfile.is_zipfile(path))
+    ckpt = load_checkpoint_file(path, map_location='cpu',
+                                allow_pickle=allow_pickle,
+                                mmap=zipfile.is_zipfile(path))
     meta = ckpt.get('meta') if isinstance(ckpt, Mapping) else None
     text = meta.get('cfg') if isinstance(meta, Mapping) else None
     if not isinstance(text, str):
