@@ -7,7 +7,7 @@ import torch
 from mmaction.evaluation import RetrievalMetric as MMActionRetrievalMetric
 from mmengine.evaluator import Evaluator
 from mmengine.registry import MODELS, DefaultScope
-from mmengine.runner import ValLoop
+from mmengine.runner import TestLoop, ValLoop
 from mmengine.structures import BaseDataElement, InstanceData
 
 import mmclip4clip  # noqa: F401  (registers the components)
@@ -93,8 +93,9 @@ def test_standard_val_loop_with_either_metric_matches_our_loop(
             ours[f't2v/{name}']), name
 
 
-def test_standard_val_loop_with_several_captions_matches_our_loop(
-        make_clip_config, make_token_ids):
+@pytest.mark.parametrize('standard_loop', [ValLoop, TestLoop])
+def test_standard_loops_with_several_captions_match_our_loop(
+        standard_loop, make_clip_config, make_token_ids):
     """mmaction2's metric cannot pair a video with K != 1 captions; ours
     reads text_emb [K, D] in either loop."""
     model = build_model(make_clip_config(), dict(type='MeanPHead'))
@@ -102,7 +103,7 @@ def test_standard_val_loop_with_several_captions_matches_our_loop(
     batches = Batches(make_batches(make_token_ids, model.backbone.image_size,
                                    counts, 3, seed=1), len(counts))
     ours = run_loop(RetrievalValLoop, model, batches, [RetrievalMetric()])
-    standard = run_loop(ValLoop, model, batches, [RetrievalMetric()])
+    standard = run_loop(standard_loop, model, batches, [RetrievalMetric()])
     assert standard == pytest.approx(ours)
 
 

@@ -1,4 +1,4 @@
-"""Text-video retrieval metric (spec section 7): over one full score matrix
+"""Text-video retrieval metric: exact ranks over one full score matrix
 or over per-video data samples from mmengine's standard loops."""
 import os
 import os.path as osp
@@ -137,7 +137,7 @@ def _sample_entry(sample: dict) -> dict:
     return entry
 
 
-def samples_to_result(entries: list[dict]) -> dict:
+def _samples_to_result(entries: list[dict]) -> dict:
     """Per-sample entries (see :func:`_sample_entry`) -> the full result.
 
     Samples repeated by a distributed sampler (same ``sample_idx``) count
@@ -351,7 +351,7 @@ class RetrievalMetric(BaseMetric):
         """Metrics of the one full result or of the collected data samples;
         dump them if ``dump_file`` is set."""
         if results and 'scores' not in results[0]:
-            results = [samples_to_result(results)]
+            results = [_samples_to_result(results)]
         if len(results) != 1:
             raise ValueError(
                 'RetrievalMetric expects exactly one result (the whole test '
