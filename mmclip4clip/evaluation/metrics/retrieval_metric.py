@@ -78,10 +78,12 @@ def _sample_embeddings(sample: dict) -> tuple[Tensor, Tensor]:
     ``video_feature`` [D] and ``text_feature`` [D] (or [K, D]).
     """
     if 'video_emb' in sample:
-        if 'video_mask' in sample or sample['video_emb'].dim() != 1:
+        frames = sample['video_emb']
+        if 'video_mask' in sample or (isinstance(frames, Tensor)
+                                      and frames.dim() != 1):
             raise ValueError(
                 'RetrievalMetric: a data sample holds frame features '
-                f"{tuple(sample['video_emb'].shape)} (tightTransf), which "
+                f'{tuple(getattr(frames, "shape", ()))} (tightTransf), which '
                 'only the model can score against the captions; evaluate '
                 "with mmclip4clip's RetrievalValLoop / RetrievalTestLoop "
                 "(val_cfg=dict(type='mmclip4clip.RetrievalValLoop'))")
