@@ -119,9 +119,20 @@ class _RetrievalLoopMixin:
 
     @staticmethod
     def _detach(outputs: list[BaseDataElement]) -> list[BaseDataElement]:
-        """Keep only the CPU embeddings and the metainfo of each video."""
+        """Keep only the CPU embeddings and the metainfo of each video
+        (not ``features``, the same embeddings for mmaction2's metric)."""
         kept = []
         for sample in outputs:
+            if 'video_emb' not in sample or 'text_emb' not in sample:
+                raise ValueError(
+                    'RetrievalValLoop / RetrievalTestLoop need the model\'s '
+                    "predict to set 'video_emb' and 'text_emb' (mmclip4clip's "
+                    f'CLIP4Clip); got a sample with keys {sorted(sample.keys())}'
+                    '. For a model whose predict sets \'features\' (mmaction2\'s '
+                    "CLIPSimilarity) use mmengine's loops, "
+                    "val_cfg=dict(type='ValLoop') / test_cfg=dict(type="
+                    "'TestLoop'), with RetrievalMetric (mmclip4clip's or "
+                    "mmaction2's)")
             new = BaseDataElement(metainfo=sample.metainfo)
             new.video_emb = sample.video_emb.float().cpu()
             new.text_emb = sample.text_emb.float().cpu()

@@ -398,6 +398,27 @@ def test_dump_without_dsl_has_no_dsl_ranks(tmp_path):
 
 
 # ------------------------------------------------------------ distributed
+NUM_SAMPLES = 9
+
+
+def per_video_sample(i: int, with_idx: bool) -> dict:
+    """Data sample i (as Evaluator passes it: a dict): 1..3 captions."""
+    gen = torch.Generator().manual_seed(i)
+    video = torch.randn(6, generator=gen)
+    sample = dict(video_emb=video,
+                  text_emb=video + torch.randn(1 + i % 3, 6, generator=gen))
+    if with_idx:
+        sample['sample_idx'] = i
+    return sample
+
+
+def padded_shard(size: int, rank: int, world: int) -> list[int]:
+    """DefaultSampler(shuffle=False)'s indices of one rank."""
+    total = -(-size // world) * world
+    indices = (list(range(size)) * 2)[:total]
+    return indices[rank:total:world]
+
+
 def _distributed_worker(rank: int, init_file: str, out_dir: str) -> None:
     torch_dist.init_process_group(
         'gloo', init_method=f'file://{init_file}', rank=rank, world_size=2)
@@ -423,6 +444,23 @@ def _distributed_worker(rank: int, init_file: str, out_dir: str) -> None:
             outputs['error'] = None
         except (ValueError, RuntimeError) as err:
             outputs['error'] = str(err)
+        # Data samples, sharded as DefaultSampler does (rank::2, the last
+        # shard padded with sample 0), with and without sample_idx.
+        for name, with_idx in (('samples', True), ('samples_no_idx', False)):
+            metric = RetrievalMetric(prefix='x')
+            metric.process(None, [
+                per_video_sample(i, with_idx)
+                for i in padded_shard(NUM_SAMPLES, rank, 2)])
+            outputs[name] = metric.evaluate(size=NUM_SAMPLES)
+        # A full result on one rank, data samples on the other.
+        metric = RetrievalMetric()
+        metric.process(None, [result] if rank == 0 else
+                       [per_video_sample(rank, True)])
+        try:
+            metric.evaluate(size=len(index))
+            outputs['mixed'] = None
+        except ValueError as err:
+            outputs['mixed'] = str(err)
         with open(f'{out_dir}/rank{rank}.pkl', 'wb') as f:
             pickle.dump(outputs, f)
     finally:
@@ -435,9 +473,17 @@ def test_two_processes_return_the_single_process_metrics_on_every_rank(tmp_path)
     index = uneven_shuffled_index(8, seed=3)
     expected = run_metric(make_result(tied_scores(len(index), 8, seed=3), index),
                           prefix='x')
+    single = RetrievalMetric(prefix='x')
+    single.process(None, [per_video_sample(i, True)
+                          for i in range(NUM_SAMPLES)])
+    expected_samples = single.evaluate(size=NUM_SAMPLES)
+    assert padded_shard(NUM_SAMPLES, 1, 2)[-1] == 0  # padded
     for rank in range(2):
         with open(tmp_path / f'rank{rank}.pkl', 'rb') as f:
             outputs = pickle.load(f)
         assert outputs['every_rank'] == expected
         assert outputs['rank0_only'] == expected
         assert 'got no result' in outputs['error']
+        assert outputs['samples'] == expected_samples
+        assert outputs['samples_no_idx'] == expected_samples
+        assert 'others data samples' in outputs['mixed']

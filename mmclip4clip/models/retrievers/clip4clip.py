@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModel
-from mmengine.structures import BaseDataElement
+from mmengine.structures import BaseDataElement, InstanceData
 from torch import Tensor
 
 from mmclip4clip.models.losses import all_gather_with_grad
@@ -149,7 +149,15 @@ class CLIP4Clip(BaseModel):
     @torch.no_grad()
     def predict(self, inputs: dict,
                 data_samples: list[BaseDataElement]) -> list[BaseDataElement]:
-        """Attach each video's embedding and its captions' embeddings."""
+        """Attach each video's embedding and its captions' embeddings.
+
+        A loose head's video with exactly one caption also gets mmaction2's
+        ``features`` (``video_feature`` [D], ``text_feature`` [D]: views of
+        the same tensors), so mmaction2's ``RetrievalMetric`` reads it in
+        mmengine's ``ValLoop``. With K != 1 captions there is none: that
+        metric pairs each video with one caption (use ours, which reads
+        ``text_emb`` [K, D]).
+        """
         text = self.encode_text(inputs['input_ids'], inputs['attention_mask'])
         video = self.encode_video(inputs['frames'], inputs['frame_mask'])
         index = inputs['text_video_index']
@@ -158,4 +166,8 @@ class CLIP4Clip(BaseModel):
             sample.text_emb = text[index == i]
             if self.pairwise:
                 sample.video_mask = inputs['frame_mask'][i]
+            elif len(sample.text_emb) == 1:
+                sample.features = InstanceData(
+                    video_feature=sample.video_emb,
+                    text_feature=sample.text_emb[0])
         return data_samples
