@@ -12,7 +12,9 @@ It is a property of the forward pass alone: outside training, or under
 ``torch.no_grad()`` (evaluation, the no-grad encoding pass of gradient
 caching), the blocks run as they are. ``torch.utils.checkpoint`` restores
 the RNG state for the second forward, so dropout draws the same masks and the
-loss and gradients are those without checkpointing.
+loss and gradients are those without checkpointing. Frozen blocks
+(``freeze_layer_num``) whose input needs no gradient record nothing for the
+backward pass either way.
 """
 from __future__ import annotations
 

@@ -93,8 +93,7 @@ def loss_and_grads(model: torch.nn.Module, step: Callable[[], torch.Tensor],
     return loss.detach(), grads, torch.rand(4)
 
 
-def assert_same_training_step(model, model_cp, step, step_cp,
-                              dropout: bool = True):
+def assert_same_training_step(model, model_cp, step, step_cp):
     loss, grads, rng = loss_and_grads(model, step)
     loss_cp, grads_cp, rng_cp = loss_and_grads(model_cp, step_cp)
     # Bit for bit: the recomputed blocks run the same kernels on the same
@@ -110,9 +109,9 @@ def assert_same_training_step(model, model_cp, step, step_cp,
                for grad in grads.values())
     # The recomputation leaves the global RNG where the forward left it.
     assert torch.equal(rng_cp, rng)
-    if dropout:  # it acts: another seed gives another loss
-        torch.manual_seed(6)
-        assert not torch.equal(step().detach(), loss)
+    # Dropout acts: another seed gives another loss.
+    torch.manual_seed(6)
+    assert not torch.equal(step().detach(), loss)
 
 
 # --- the CLIP towers --------------------------------------------------------
