@@ -1,8 +1,9 @@
 """Activation checkpointing of transformer blocks (the ``with_cp`` option).
 
-Without it, autograd keeps every block's inner activations (normed tokens,
-q/k/v, attention output, the 4x wide MLP hidden) from the forward pass to the
-backward pass. With it, a block keeps only its input and runs its forward a
+Without it, autograd keeps every block's inner tensors (normed tokens,
+q/k/v, attention output, the 4x wide MLP hidden, and the rescaled MLP weights
+of :func:`~mmclip4clip.models.quick_gelu.quick_gelu_mlp`) from the forward
+pass to the backward pass. With it, a block keeps only its input and runs its forward a
 second time during the backward pass, so a training step holds each block's
 input plus one block's inner activations at a time, at the cost of that
 second forward. The option is named ``with_cp`` as in mmaction2's and
