@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from transformers import CLIPConfig, CLIPModel
 from transformers.activations import QuickGELUActivation
 
+from mmclip4clip.models.activation_checkpoint import checkpointed
 from mmclip4clip.models.one_query_attention import one_query_attention
 from mmclip4clip.models.quick_gelu import quick_gelu_mlp
 from mmclip4clip.registry import MODELS
@@ -128,6 +129,15 @@ class CLIPBackbone(BaseModule):
         freeze_layer_num: -1 trains all of CLIP; N >= 0 freezes CLIP except
             its output norms and projections, ``logit_scale`` and the blocks
             of index >= N in both towers (spec section 4).
+        with_cp: activation checkpointing of every transformer block of
+            both towers in training (see
+            :mod:`mmclip4clip.models.activation_checkpoint`): autograd keeps
+            each block's input and recomputes its inner activations in the
+            backward pass; loss and gradients are unchanged. No effect in
+            evaluation or under ``torch.no_grad()``. Hugging Face's
+            ``activation_checkpointing_enable()`` does not apply here: the
+            towers' blocks are run by :func:`clip_layer` and
+            :func:`one_token_layer`, not by the layers' ``forward``.
     """
 
     # ``config`` is passed on as keyword arguments of CLIPConfig (read by the
@@ -136,7 +146,7 @@ class CLIPBackbone(BaseModule):
 
     def __init__(self, pretrained: str | None = None,
                  config: dict | None = None, linear_patch: str = '2d',
-                 freeze_layer_num: int = -1) -> None:
+                 freeze_layer_num: int = -1, with_cp: bool = False) -> None:
         super().__init__()
         if linear_patch not in ('2d', '3d'):
             raise ValueError(
@@ -147,6 +157,7 @@ class CLIPBackbone(BaseModule):
             self.conv2 = self.conv3d_from_patch_conv()
         self.freeze_layer_num = freeze_layer_num
         self._freeze()
+        self.with_cp = with_cp
 
     def conv3d_from_patch_conv(self) -> nn.Conv3d:
         """Conv3d(3, W, (3, p, p)) whose middle temporal slice is CLIP's
@@ -167,6 +178,11 @@ class CLIPBackbone(BaseModule):
         for name, param in self.clip.named_parameters():
             if is_frozen(name, self.freeze_layer_num):
                 param.requires_grad_(False)
+
+    def _block(self, fn, *args) -> Tensor:
+        """``fn(*args)`` for one tower block, checkpointed with ``with_cp``
+        in training."""
+        return checkpointed(fn, *args, enabled=self.with_cp and self.training)
 
     @property
     def logit_scale(self) -> nn.Parameter:
@@ -206,13 +222,14 @@ class CLIPBackbone(BaseModule):
                             device=h.device).triu_(1)[None, None]
         layers = text.encoder.layers
         for layer in layers[:-1]:
-            h = clip_layer(layer, h, causal)
+            h = self._block(clip_layer, layer, h, causal)
         eot = input_ids.argmax(dim=-1)  # [N]
         keys = torch.arange(length, device=h.device)
         key_bias = torch.zeros(h.shape[0], length, dtype=h.dtype,
                                device=h.device).masked_fill_(
                                    keys[None] > eot[:, None], float('-inf'))
-        feat = one_token_layer(layers[-1], h, eot, key_bias)  # [N, W]
+        feat = self._block(one_token_layer, layers[-1], h, eot,
+                           key_bias)  # [N, W]
         return self.clip.text_projection(text.final_layer_norm(feat))
 
     def encode_images(self, images: Tensor) -> Tensor:
@@ -236,9 +253,9 @@ class CLIPBackbone(BaseModule):
         h = vision.pre_layrnorm(h)
         layers = vision.encoder.layers
         for layer in layers[:-1]:
-            h = clip_layer(layer, h, None)
-        cls = one_token_layer(layers[-1], h,
-                              h.new_zeros(h.shape[0], dtype=torch.long))
+            h = self._block(clip_layer, layer, h, None)
+        cls = self._block(one_token_layer, layers[-1], h,
+                          h.new_zeros(h.shape[0], dtype=torch.long))
         return self.clip.visual_projection(vision.post_layernorm(cls))
 
     def patch_tokens_3d(self, frames: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from mmclip4clip.models.activation_checkpoint import checkpointed
 from mmclip4clip.models.quick_gelu import quick_gelu_mlp
 
 from .clip_text_tower import ClipTextTower
@@ -88,12 +89,16 @@ class CrossTransformer(nn.Module):
         num_layers: ``n_cross`` (4 in the paper).
         num_heads: attention heads; default width / 64 as in CLIP.
         eps: LayerNorm eps of the blocks.
+        with_cp: activation checkpointing of each block in training (see
+            :mod:`mmclip4clip.models.activation_checkpoint`); no effect in
+            evaluation or under ``torch.no_grad()``.
     """
 
     def __init__(self, width: int, num_layers: int,
                  num_heads: int | None = None,
-                 eps: float = CROSS_LN_EPS) -> None:
+                 eps: float = CROSS_LN_EPS, with_cp: bool = False) -> None:
         super().__init__()
+        self.with_cp = with_cp
         self.heads = num_heads or max(width // 64, 1)
         self.resblocks = nn.ModuleList(
             ResidualAttentionBlock(width, self.heads, eps)
@@ -104,7 +109,8 @@ class CrossTransformer(nn.Module):
         bias = None if mask is None else key_padding_bias(
             mask, self.heads, x.dtype)
         for block in self.resblocks:
-            x = block(x, bias)
+            x = checkpointed(block, x, bias,
+                             enabled=self.with_cp and self.training)
         return x
 
     def load_clip_text_blocks(self, tower: ClipTextTower) -> bool:

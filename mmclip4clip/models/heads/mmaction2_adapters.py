@@ -46,18 +46,20 @@ class MMAction2TransformerHead(nn.Module):
         embed_dim: D.
         num_layers: transformer blocks.
         num_heads: attention heads (default D / 64).
+        with_cp: activation checkpointing of each block in training (see
+            :mod:`mmclip4clip.models.activation_checkpoint`).
     """
 
     pairwise = False
 
     def __init__(self, num_segs: int, embed_dim: int, num_layers: int,
-                 num_heads: int | None = None) -> None:
+                 num_heads: int | None = None, with_cp: bool = False) -> None:
         super().__init__()
         # mmaction2 leaves the table to the checkpoint; N(0, 0.02) here.
         self.positional_embedding = nn.Parameter(
             torch.randn(num_segs, embed_dim) * 0.02)
         self.transformer = CrossTransformer(embed_dim, num_layers, num_heads,
-                                            eps=CLIP_LN_EPS)
+                                            eps=CLIP_LN_EPS, with_cp=with_cp)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """[B, num_segs, D] (mask ignored) -> [B, D] unit vectors."""

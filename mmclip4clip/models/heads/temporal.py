@@ -38,6 +38,11 @@ class SeqLSTMHead(LooseHead):
     Real frames come first (the mask's convention); the LSTM runs over them
     only (packed by length), padded positions keep their input features.
 
+    There is no ``with_cp`` (activation checkpointing) here: the LSTM is a
+    single layer, so checkpointing it would not lower the peak of its own
+    backward pass, and its [B, T, 4D] gates are small next to the towers'
+    activations.
+
     Args:
         embed_dim: D, the frame feature width.
     """
@@ -78,14 +83,18 @@ class SeqTransfHead(LooseHead):
         num_heads: attention heads; default D / 64 as in CLIP's text tower.
         max_positions: rows of the frame position table; the original uses
             CLIP's context length (77), which bounds the number of frames.
+        with_cp: activation checkpointing of each block in training (see
+            :mod:`mmclip4clip.models.activation_checkpoint`); the output and
+            gradients are unchanged.
     """
 
     def __init__(self, embed_dim: int, num_layers: int = 4,
                  num_heads: int | None = None,
-                 max_positions: int = 77) -> None:
+                 max_positions: int = 77, with_cp: bool = False) -> None:
         super().__init__()
         self.frame_position_embeddings = nn.Embedding(max_positions, embed_dim)
-        self.transformer = CrossTransformer(embed_dim, num_layers, num_heads)
+        self.transformer = CrossTransformer(embed_dim, num_layers, num_heads,
+                                            with_cp=with_cp)
         init_new_module(self)
 
     def init_from_clip(self, clip: nn.Module) -> None:

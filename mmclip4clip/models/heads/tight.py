@@ -51,6 +51,10 @@ class TightTransfHead(nn.Module):
             sets the peak memory of evaluation. Default: 128 on the CPU
             (the activations stay in cache: faster than larger chunks) and
             2048 on a GPU.
+        with_cp: activation checkpointing of each cross block in training
+            (see :mod:`mmclip4clip.models.activation_checkpoint`): every
+            chunk of pairs keeps its blocks' inputs instead of their inner
+            activations; logits and gradients are unchanged.
     """
 
     #: Scores come from pairs, not from a dot product of two embeddings.
@@ -59,14 +63,15 @@ class TightTransfHead(nn.Module):
     def __init__(self, embed_dim: int, num_layers: int = 4,
                  num_heads: int | None = None,
                  max_positions: int = 77, dropout: float = 0.1,
-                 chunk_size: int | None = None) -> None:
+                 chunk_size: int | None = None, with_cp: bool = False) -> None:
         super().__init__()
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f'chunk_size must be >= 1, got {chunk_size}')
         self.chunk_size = chunk_size
         self.position_embeddings = nn.Embedding(max_positions, embed_dim)
         self.dropout = nn.Dropout(dropout)
-        self.transformer = CrossTransformer(embed_dim, num_layers, num_heads)
+        self.transformer = CrossTransformer(embed_dim, num_layers, num_heads,
+                                            with_cp=with_cp)
         self.pooler_ln = nn.LayerNorm(embed_dim, eps=CROSS_LN_EPS)
         self.pooler_dense = nn.Linear(embed_dim, embed_dim)
         self.pooler_act = QuickGELU()
