@@ -4,8 +4,9 @@ A contrastive loss couples every pair of the batch, so splitting the batch
 into independent forward/backward passes (plain gradient accumulation)
 changes the loss: each piece would only see its own negatives. Gradient
 caching (Gao et al., 2021, "Scaling Deep Contrastive Learning Batch Size
-under Memory Limited Setup"; open_clip's ``accum_freq``) keeps the loss of
-the whole batch and splits only the towers:
+under Memory Limited Setup") keeps the loss of the whole batch and splits
+only the towers (open_clip's ``accum_freq`` reaches the same gradient by
+recomputing the whole loss once per micro-batch):
 
 1. embed every micro-batch without a graph, saving the random generator
    states before each one;
@@ -18,6 +19,11 @@ the whole batch and splits only the towers:
    dropout masks) and back-propagate ``sum(embedding * cached gradient)``:
    by the chain rule its parameter gradient is that micro-batch's share of
    d loss / d parameters.
+
+What is split is the towers (and a loose head inside the video tower): the
+tight head's cross-encoder runs in step 2, once over the process's B x B
+pairs with autograd (in chunks, as in a plain step), so its activations are
+not micro-batched.
 
 The sum over micro-batches is the full-batch gradient (up to the order of
 floating-point additions). Stochastic layers inside the towers draw their

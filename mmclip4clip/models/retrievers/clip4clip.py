@@ -39,15 +39,17 @@ class CLIP4Clip(BaseModel):
     the batch in micro-batches of that many videos (and their captions)
     and still optimises the loss of the whole batch, with the same loss
     and, up to rounding, the same gradients as one pass over it
-    (gradient caching, Gao et al., 2021; open_clip's ``accum_freq``):
-    the embeddings are computed without a graph, the loss and its gradient
-    w.r.t. the embeddings over the whole (gathered) batch, then each
-    micro-batch is embedded again with its random state restored and the
-    cached gradient back-propagated. Peak activation memory follows the
-    micro-batch, at the price of a second forward pass through the towers.
-    See :mod:`mmclip4clip.engine.grad_cache`; under DDP the runner's model
-    wrapper (``CLIP4ClipDistributedDataParallel``) does it, with one
-    gradient all-reduce per optimiser step.
+    (gradient caching, Gao et al., 2021): the embeddings are computed
+    without a graph, the loss and its gradient w.r.t. the embeddings over
+    the whole (gathered) batch, then each micro-batch is embedded again
+    with its random state restored and the cached gradient
+    back-propagated. The towers' activation memory follows the
+    micro-batch, at the price of a second forward pass through them (the
+    tight head's cross-encoder still runs over all in-batch pairs at
+    once). See :mod:`mmclip4clip.engine.grad_cache`; under DDP our model
+    wrapper (``CLIP4ClipDistributedDataParallel``, the default of
+    ``tools/train.py --launcher pytorch``) does it, with one gradient
+    all-reduce per optimiser step.
 
     Args:
         backbone: config of :class:`CLIPBackbone`.
