@@ -114,6 +114,7 @@ def micro_batched_train_step(model: nn.Module, data, optim_wrapper,
             videos.append(video)
     text = torch.cat(texts).requires_grad_()  # [B, D]
     video = torch.cat(videos).requires_grad_()  # [B, D] or [B, T, D]
+    del texts, videos
 
     # 2. The loss of the whole batch, its gradients w.r.t. the embeddings
     # and the parameters after the towers (kept apart from .grad).
