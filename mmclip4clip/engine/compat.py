@@ -10,9 +10,8 @@ import torch
 import torch.distributed as dist
 from mmengine.config import Config
 from mmengine.model import MMDistributedDataParallel
+from mmengine.registry import MODEL_WRAPPERS
 from torch import Tensor
-
-from mmclip4clip.registry import MODEL_WRAPPERS
 
 from .grad_cache import micro_batched_train_step
 
@@ -59,6 +58,8 @@ def enable_cpu_distributed(cfg: Config) -> None:
     cfg.model_wrapper_cfg['device_ids'] = None
 
 
+# In mmengine's root registry, not our scope's: the Runner looks the
+# wrapper type up there without switching to the default scope.
 @MODEL_WRAPPERS.register_module()
 class CLIP4ClipDistributedDataParallel(MMDistributedDataParallel):
     """mmengine's DDP wrapper; a model with ``micro_batch_size`` set trains

@@ -30,6 +30,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from mmengine.model import MMDistributedDataParallel
 from mmengine.optim import OptimWrapper, build_optim_wrapper
+from mmengine.registry import MODEL_WRAPPERS as MMENGINE_MODEL_WRAPPERS
 from mmengine.registry import DefaultScope
 
 import mmclip4clip  # noqa: F401  (registers the components)
@@ -527,6 +528,6 @@ def test_torchrun_jobs_default_to_the_micro_batching_wrapper():
         enable_cpu_distributed(cfg)
     assert cfg.model_wrapper_cfg['type'] == 'CLIP4ClipDistributedDataParallel'
     assert cfg.model_wrapper_cfg['find_unused_parameters'] is True
-    with DefaultScope.overwrite_default_scope('mmclip4clip'):
-        assert MODEL_WRAPPERS.get(cfg.model_wrapper_cfg['type']) is \
-            CLIP4ClipDistributedDataParallel
+    # The Runner looks the type up in mmengine's root registry.
+    assert MMENGINE_MODEL_WRAPPERS.get(cfg.model_wrapper_cfg['type']) is \
+        CLIP4ClipDistributedDataParallel
