@@ -531,3 +531,20 @@ def test_torchrun_jobs_default_to_the_micro_batching_wrapper():
     # The Runner looks the type up in mmengine's root registry.
     assert MMENGINE_MODEL_WRAPPERS.get(cfg.model_wrapper_cfg['type']) is \
         CLIP4ClipDistributedDataParallel
+
+
+def test_cfg_options_accept_micro_batch_size():
+    from mmengine.config import Config
+
+    from mmclip4clip.engine.config_utils import (
+        ConfigOptionError,
+        merge_cfg_options,
+    )
+    config = Path(__file__).resolve().parents[2] / (
+        'configs/retrieval/clip4clip/clip4clip_tiny-p4-res32-scratch_1xb32-'
+        'u8-30e_synthetic-rgb.py')
+    cfg = Config.fromfile(str(config))
+    merge_cfg_options(cfg, {'model.micro_batch_size': 8})
+    assert cfg.model.micro_batch_size == 8
+    with pytest.raises(ConfigOptionError, match='micro_batch_size'):
+        merge_cfg_options(cfg, {'model.micro_batch_size': 'eight'})
