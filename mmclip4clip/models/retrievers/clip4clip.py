@@ -24,8 +24,9 @@ class CLIP4Clip(BaseModel):
 
     Modes: ``loss`` (one caption per video, symmetric InfoNCE),
     ``predict`` (per-video data samples holding ``video_emb`` and ``text_emb``
-    [K, D] for its K captions, for the encode-once evaluation loop) and
-    ``tensor`` (the batch's text x video score matrix).
+    [K, D] for its K captions, for the encode-once evaluation loop),
+    ``tensor`` (the batch's text x video score matrix) and ``surrogate``
+    (the second pass of a micro-batched step, :meth:`cached_grad_surrogate`).
 
     Loose heads (meanP, seqLSTM, seqTransf) embed texts and videos apart:
     ``video_emb`` is a unit vector [D], the loss runs over the batch gathered
@@ -33,6 +34,22 @@ class CLIP4Clip(BaseModel):
     kept as its frame features [T, D] (``video_emb``) and mask
     (``video_mask``), and the loss runs over the in-batch pairs of each
     process, as in the original.
+
+    Micro-batched training (``micro_batch_size``): the training step embeds
+    the batch in micro-batches of that many videos (and their captions)
+    and still optimises the loss of the whole batch, with the same loss
+    and, up to rounding, the same gradients as one pass over it
+    (gradient caching, Gao et al., 2021): the embeddings are computed
+    without a graph, the loss and its gradient w.r.t. the embeddings over
+    the whole (gathered) batch, then each micro-batch is embedded again
+    with its random state restored and the cached gradient
+    back-propagated. The towers' activation memory follows the
+    micro-batch, at the price of a second forward pass through them (the
+    tight head's cross-encoder still runs over all in-batch pairs at
+    once). See :mod:`mmclip4clip.engine.grad_cache`; under DDP our model
+    wrapper (``CLIP4ClipDistributedDataParallel``, the default of
+    ``tools/train.py --launcher pytorch``) does it, with one gradient
+    all-reduce per optimiser step.
 
     Args:
         backbone: config of :class:`CLIPBackbone`.
@@ -42,6 +59,10 @@ class CLIP4Clip(BaseModel):
         init_head_from_clip: start the head's position table and blocks from
             CLIP's text tower (spec section 2); a checkpoint loaded later
             replaces them.
+        micro_batch_size: videos per forward pass in a training step
+            (None: the whole per-process batch at once; a batch not larger
+            than it also runs in one pass; a last smaller micro-batch is
+            fine).
         data_preprocessor: config of the data preprocessor.
         init_cfg: mmengine initialisation config.
     """
@@ -51,8 +72,16 @@ class CLIP4Clip(BaseModel):
                  head: dict,
                  loss: dict | None = None,
                  init_head_from_clip: bool = True,
+                 micro_batch_size: int | None = None,
                  data_preprocessor: dict | None = None,
                  init_cfg: dict | None = None) -> None:
+        if micro_batch_size is not None and (
+                isinstance(micro_batch_size, bool)
+                or not isinstance(micro_batch_size, int)
+                or micro_batch_size < 1):
+            raise ValueError('model.micro_batch_size must be None or an '
+                             f'integer >= 1, got {micro_batch_size!r}')
+        self.micro_batch_size = micro_batch_size
         if data_preprocessor is None:
             data_preprocessor = dict(type='VideoTextDataPreprocessor')
         super().__init__(data_preprocessor=data_preprocessor,
@@ -120,31 +149,92 @@ class CLIP4Clip(BaseModel):
             return self.loss(inputs)
         if mode == 'predict':
             return self.predict(inputs, data_samples)
+        if mode == 'surrogate':
+            return self.cached_grad_surrogate(**inputs)
         if mode == 'tensor':
             return self.sim_matrix(inputs['input_ids'],
                                    inputs['attention_mask'],
                                    inputs['frames'], inputs['frame_mask'])
-        raise ValueError(f'unknown mode {mode!r}: expected loss, predict '
-                         'or tensor')
+        raise ValueError(f'unknown mode {mode!r}: expected loss, predict, '
+                         'tensor or surrogate')
 
     def loss(self, inputs: dict) -> dict[str, Tensor]:
         """Symmetric InfoNCE, one caption per video: over the global batch
         for loose heads, over each process's in-batch pairs for the tight
         head (N x N cross-encoder passes per process, as in the original)."""
+        num_videos = self.check_training_batch(inputs)
+        if (self.micro_batch_size is not None and torch.is_grad_enabled()
+                and num_videos > self.micro_batch_size):
+            raise RuntimeError(
+                f'model.micro_batch_size={self.micro_batch_size} but a batch '
+                f'of {num_videos} videos ran in one pass: the step went '
+                'through a model wrapper that does not micro-batch; use '
+                "model_wrapper_cfg=dict(type='CLIP4ClipDistributedDataParallel')"
+                ' (the default of our tools)')
+        text, video = self.embed(inputs)
+        return dict(loss=self.loss_from_embeddings(text, video,
+                                                   inputs['frame_mask']))
+
+    # ---- training pieces (also used by micro-batched steps) -------------
+    @staticmethod
+    def check_training_batch(inputs: dict) -> int:
+        """The number of videos B of a training batch; its captions must
+        be exactly one per video, in video order."""
         num_videos = inputs['frames'].shape[0]
         index = inputs['text_video_index']
         if index.shape[0] != num_videos or not torch.equal(
                 index, torch.arange(num_videos, device=index.device)):
             raise ValueError('training needs exactly one caption per video, '
                              'in video order (dataset in train mode)')
+        return num_videos
+
+    def embed(self, inputs: dict) -> tuple[Tensor, Tensor]:
+        """Training batch -> (text [B, D], video embeddings [B, D] or frame
+        features [B, T, D] for the tight head)."""
         text = self.encode_text(inputs['input_ids'], inputs['attention_mask'])
         video = self.encode_video(inputs['frames'], inputs['frame_mask'])
+        return text, video
+
+    def loss_from_embeddings(self, text: Tensor, video: Tensor,
+                             frame_mask: Tensor) -> Tensor:
+        """The training loss of this process's embeddings (:meth:`embed`)
+        and [B, T] frame mask: gathered over processes (loose heads) or
+        over the in-batch pairs (tight head)."""
         if self.pairwise:
-            logits = self.head.pair_logits(text, video, inputs['frame_mask'])
-            return dict(loss=self.loss_module(logits))
+            return self.loss_module(
+                self.head.pair_logits(text, video, frame_mask))
         text = all_gather_with_grad(text)  # [W * B, D]
         video = all_gather_with_grad(video)  # [W * B, D]
-        return dict(loss=self.loss_module(self.similarity(text, video)))
+        return self.loss_module(self.similarity(text, video))
+
+    def cached_grad_surrogate(self, batch: dict, text_grad: Tensor,
+                              video_grad: Tensor,
+                              param_grads: dict[str, Tensor]) -> Tensor:
+        """``sum(text * text_grad) + sum(video * video_grad)`` over a
+        micro-batch's embeddings, plus ``sum(p * g)`` for each parameter
+        named in ``param_grads``. Its backward adds to every parameter the
+        micro-batch's share of the cached-loss gradient (and ``g`` to the
+        named ones); a forward mode so that DDP sees every parameter it
+        reduces used in its forward."""
+        text, video = self.embed(batch)
+        # At least float32: the sums of fp16/bf16 products would round.
+        acc = torch.promote_types(text.dtype, torch.float32)
+        out = (text.to(acc) * text_grad.to(acc)).sum() + (
+            video.to(acc) * video_grad.to(acc)).sum()
+        if param_grads:
+            params = dict(self.named_parameters())
+            for name, grad in param_grads.items():
+                out = out + (params[name] * grad).sum()
+        return out
+
+    def train_step(self, data, optim_wrapper) -> dict[str, Tensor]:
+        """mmengine's step, micro-batched when ``micro_batch_size`` is
+        set (:func:`mmclip4clip.engine.grad_cache.micro_batched_train_step`).
+        """
+        if self.micro_batch_size is None:
+            return super().train_step(data, optim_wrapper)
+        from mmclip4clip.engine.grad_cache import micro_batched_train_step
+        return micro_batched_train_step(self, data, optim_wrapper)
 
     @torch.no_grad()
     def predict(self, inputs: dict,
