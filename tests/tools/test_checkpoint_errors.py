@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from mmclip4clip.apis import init_retriever
-from mmclip4clip.datasets.synthetic import make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / 'configs/retrieval/clip4clip'
@@ -25,13 +24,10 @@ def run_tool(args: list, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope='module')
-def workspace(tmp_path_factory) -> Path:
+def workspace(make_workspace) -> Path:
     """``data/synthetic`` (1 clip per combination) and an untrained meanP
     checkpoint ``meanP.pth``."""
-    root = tmp_path_factory.mktemp('workspace')
-    make_synthetic_dataset(root / 'data' / 'synthetic', seed=1,
-                           train_per_combo=1, test_per_combo=1, seconds=2,
-                           size=32, progress=False)
+    root = make_workspace('workspace')
     torch.save({'meta': {}, 'state_dict': init_retriever(MEANP).state_dict()},
                root / 'meanP.pth')
     return root

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from mmengine.config import Config
 
-from mmclip4clip.datasets.synthetic import make_synthetic_dataset
 from mmclip4clip.engine.config_utils import ConfigOptionError, merge_cfg_options
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,13 +25,8 @@ def run_tool(args: list[str], cwd: Path, timeout: int = 300):
 
 
 @pytest.fixture(scope='module')
-def workspace(tmp_path_factory) -> Path:
-    """A folder holding ``data/synthetic`` (1 clip per combination)."""
-    root = tmp_path_factory.mktemp('workspace')
-    make_synthetic_dataset(root / 'data' / 'synthetic', seed=1,
-                           train_per_combo=1, test_per_combo=1, seconds=2,
-                           size=32, progress=False)
-    return root
+def workspace(make_workspace) -> Path:
+    return make_workspace('workspace')
 
 
 @pytest.fixture(scope='module')
@@ -64,13 +58,19 @@ def test_train_logs_both_directions_of_metrics(workspace, trained):
         assert key in log
 
 
-def test_test_tool_dumps_loadable_result(workspace, trained):
+@pytest.fixture(scope='module')
+def test_dump(workspace, trained) -> dict:
+    """tools/test.py --dump on the trained checkpoint, one process."""
     dump = workspace / 'out' / 'result.pkl'
     proc = run_tool([REPO / 'tools/test.py', CONFIG, trained, '--dump', dump,
                      '--work-dir', workspace / 'test_work'], cwd=workspace)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(dump, 'rb') as f:
-        result = pickle.load(f)
+        return pickle.load(f)
+
+
+def test_test_tool_dumps_loadable_result(test_dump):
+    result = test_dump
     num_videos, num_captions = 90, 180
     assert result['scores'].shape == (num_captions, num_videos)
     assert result['scores'].dtype == np.float32
@@ -90,17 +90,6 @@ def test_test_tool_dumps_loadable_result(workspace, trained):
         100 * np.mean(result['t2v_ranks'] <= 1))
     # Captions are listed video by video, as in the annotation file.
     assert 'test/' in result['video_ids'][0]
-
-
-def test_resume_continues_from_the_last_checkpoint(workspace, trained):
-    proc = run_tool([
-        REPO / 'tools/train.py', CONFIG, '--work-dir', workspace / 'work',
-        '--resume', '--cfg-options', 'train_cfg.max_epochs=2',
-        'train_cfg.val_interval=5'
-    ], cwd=workspace)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert 'resumed epoch: 1' in proc.stdout + proc.stderr
-    assert (workspace / 'work' / 'epoch_2.pth').is_file()
 
 
 @pytest.mark.parametrize('option, named', [
@@ -124,17 +113,11 @@ def test_missing_checkpoint_is_named(workspace):
     assert 'nowhere/ckpt.pth' in proc.stderr
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
-def test_two_cpu_processes_train_and_match_one_process_test(workspace,
-                                                             trained):
+def test_two_cpu_processes_train_and_match_one_process_test(
+        workspace, trained, test_dump, free_port):
     """dist_train.sh / dist_test.sh run on gloo without CUDA, exit cleanly,
-    and 2-process evaluation gives exactly the 1-process ranks."""
+    and 2-process evaluation gives exactly the 1-process ranks (those of
+    ``test_dump``)."""
     import os
     env = dict(os.environ, PORT=str(free_port()),
                PATH=f'{Path(sys.executable).parent}:{os.environ["PATH"]}')
@@ -147,22 +130,16 @@ def test_two_cpu_processes_train_and_match_one_process_test(workspace,
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (work_dir / 'epoch_1.pth').is_file()
 
-    dumps = {}
-    for procs in ('1', '2'):
-        dump = workspace / f'dist_{procs}.pkl'
-        if procs == '1':
-            cmd = [sys.executable, REPO / 'tools/test.py', CONFIG, trained]
-        else:
-            env['PORT'] = str(free_port())
-            cmd = ['bash', REPO / 'tools/dist_test.sh', CONFIG, trained, '2']
-        proc = subprocess.run(
-            [*map(str, cmd), '--dump', str(dump), '--work-dir',
-             str(workspace / f'dist_test_{procs}')],
-            cwd=workspace, env=env, capture_output=True, text=True,
-            timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        with open(dump, 'rb') as f:
-            dumps[procs] = pickle.load(f)
+    env['PORT'] = str(free_port())
+    dump = workspace / 'dist_2.pkl'
+    proc = subprocess.run(
+        ['bash', *map(str, [REPO / 'tools/dist_test.sh', CONFIG, trained]),
+         '2', '--dump', str(dump), '--work-dir',
+         str(workspace / 'dist_test_2')],
+        cwd=workspace, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(dump, 'rb') as f:
+        dumps = {'1': test_dump, '2': pickle.load(f)}
     assert dumps['1']['video_ids'] == dumps['2']['video_ids']
     np.testing.assert_allclose(dumps['1']['scores'], dumps['2']['scores'],
                                rtol=1e-5, atol=1e-5)
