@@ -1,11 +1,16 @@
-"""Fixtures shared by test folders: a free TCP port for distributed runs and
-workspaces holding the tools tests' small synthetic dataset."""
+"""Fixtures shared by test folders: a free TCP port for distributed runs,
+workspaces holding the tools tests' small synthetic dataset, and the
+command-line tools imported as modules."""
+import importlib.util
 import shutil
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:
@@ -45,3 +50,18 @@ def make_workspace(tmp_path_factory,
         return root
 
     return make
+
+
+@pytest.fixture(scope='session')
+def load_tool() -> Callable[[str], ModuleType]:
+    """``load_tool('tools/train.py') -> module``: a command-line tool of the
+    repository imported (not run), to call its functions in-process."""
+
+    def load(path: str) -> ModuleType:
+        name = Path(path).stem + '_tool'
+        spec = importlib.util.spec_from_file_location(name, REPO / path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

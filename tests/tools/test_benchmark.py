@@ -1,7 +1,6 @@
 """tools/analysis_tools/benchmark.py runs every section (``--tiny``: the
 same code on a tiny CLIP, as CI runs it so the benchmark cannot rot) and
 writes sane figures; ``--quick`` and the full run keep ViT-B/32 shapes."""
-import importlib.util
 import json
 import math
 import subprocess
@@ -19,13 +18,6 @@ TOOL = REPO / 'tools/analysis_tools/benchmark.py'
 
 def positive(value) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value > 0
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location('benchmark_tool', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_tiny_benchmark_runs_every_section(tmp_path):
@@ -79,11 +71,11 @@ def test_tiny_benchmark_runs_every_section(tmp_path):
                for run in result['tight']['runs'])
 
 
-def test_quick_and_full_runs_keep_vit_b32_shapes():
+def test_quick_and_full_runs_keep_vit_b32_shapes(load_tool):
     """The tiny run checks the mechanics; --quick (as the README gives it)
     still parses and plans every section at CLIP4Clip's ViT-B/32 shapes,
     only fewer of everything than the full run."""
-    tool = load_tool()
+    tool = load_tool('tools/analysis_tools/benchmark.py')
     args = tool.parse_args(['--quick', '--out', 'quick.json'])
     assert args.quick and not args.tiny
     assert args.sections == list(benchmark.SECTIONS)

@@ -106,11 +106,16 @@ def test_unknown_config_key_is_named(option, named):
         merge_cfg_options(Config.fromfile(str(CONFIG)), {key: int(value)})
 
 
-def test_missing_checkpoint_is_named(workspace):
-    proc = run_tool([REPO / 'tools/test.py', CONFIG, 'nowhere/ckpt.pth'],
-                    cwd=workspace)
-    assert proc.returncode != 0
-    assert 'nowhere/ckpt.pth' in proc.stderr
+def test_missing_checkpoint_is_named(workspace, monkeypatch, load_tool):
+    # In-process: the arguments are checked before anything is built (the
+    # other tests run the tool end to end).
+    test = load_tool('tools/test.py')
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    monkeypatch.setattr(sys, 'argv',
+                        ['test.py', str(CONFIG), 'nowhere/ckpt.pth'])
+    with pytest.raises(FileNotFoundError, match='nowhere/ckpt.pth'):
+        test.main()
 
 
 def test_two_cpu_processes_train_and_match_one_process_test(
