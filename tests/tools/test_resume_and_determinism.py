@@ -49,6 +49,28 @@ def run_tool(args: list, cwd: Path, env: dict | None = None,
                           timeout=timeout)
 
 
+def run_tools_together(*runs: tuple[list, Path, dict | None],
+                       timeout: int = 300) -> list[subprocess.CompletedProcess]:
+    """``run_tool`` for independent runs ``(args, cwd, env)``, started
+    together: each spends most of its start-up importing on one core."""
+    procs = []
+    for i, (args, cwd, env) in enumerate(runs):
+        out = cwd / f'.together_{i}.out'
+        err = cwd / f'.together_{i}.err'
+        with open(out, 'w') as stdout, open(err, 'w') as stderr:
+            procs.append((subprocess.Popen(
+                [sys.executable, *map(str, args)], cwd=cwd, env=env,
+                stdout=stdout, stderr=stderr, text=True), out, err))
+    done = []
+    for proc, out, err in procs:
+        proc.wait(timeout=timeout)
+        done.append(subprocess.CompletedProcess(
+            proc.args, proc.returncode, out.read_text(), err.read_text()))
+        out.unlink()
+        err.unlink()
+    return done
+
+
 def load(path: Path) -> dict:
     return torch.load(path, map_location='cpu', weights_only=False)
 
@@ -70,12 +92,8 @@ def workspace(make_workspace) -> Path:
 
 @pytest.fixture(scope='module')
 def runs(workspace) -> dict:
-    """The uninterrupted run, the killed run and its resumption."""
-    straight = run_tool([REPO / 'tools/train.py', CONFIG, '--work-dir',
-                         workspace / 'straight', *TRAIN_OPTIONS],
-                        cwd=workspace)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-
+    """The uninterrupted run and the killed run (side by side), then the
+    killed run's resumption."""
     kill_config = workspace / 'kill_config.py'
     kill_config.write_text(
         f'_base_ = [{str(CONFIG)!r}]\n'
@@ -87,8 +105,12 @@ def runs(workspace) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         filter(None, [str(HERE), os.environ.get('PYTHONPATH')])))
     killed_dir = workspace / 'killed'
-    killed = run_tool([REPO / 'tools/train.py', kill_config, '--work-dir',
-                       killed_dir, *TRAIN_OPTIONS], cwd=workspace, env=env)
+    straight, killed = run_tools_together(
+        ([REPO / 'tools/train.py', CONFIG, '--work-dir',
+          workspace / 'straight', *TRAIN_OPTIONS], workspace, None),
+        ([REPO / 'tools/train.py', kill_config, '--work-dir', killed_dir,
+          *TRAIN_OPTIONS], workspace, env))
+    assert straight.returncode == 0, straight.stderr[-3000:]
     files_after_kill = sorted(p.name for p in killed_dir.glob('*.pth'))
     # Without the kill hook: the plain config, as a user would resume.
     resumed = run_tool([REPO / 'tools/train.py', CONFIG, '--work-dir',
