@@ -2,7 +2,12 @@
 from .data_pipeline import data_pipeline
 from .measure import count_flops, matmul_peak_flops, median_seconds, peak_memory
 from .sections import (
+    FULL,
+    QUICK,
     SECTIONS,
+    SIZES,
+    TINY,
+    Sizes,
     loose_scoring,
     retrieval_metrics,
     run_section,
@@ -13,8 +18,8 @@ from .sections import (
 )
 
 __all__ = [
-    'SECTIONS', 'count_flops', 'data_pipeline', 'loose_scoring',
-    'matmul_peak_flops', 'median_seconds', 'peak_memory', 'retrieval_metrics',
-    'run_section', 'text_encoding', 'tight_scoring', 'training_step',
-    'video_encoding'
+    'FULL', 'QUICK', 'SECTIONS', 'SIZES', 'Sizes', 'TINY', 'count_flops',
+    'data_pipeline', 'loose_scoring', 'matmul_peak_flops', 'median_seconds',
+    'peak_memory', 'retrieval_metrics', 'run_section', 'text_encoding',
+    'tight_scoring', 'training_step', 'video_encoding'
 ]

@@ -25,13 +25,17 @@ from mmclip4clip.datasets.compress import compress_videos
 from mmclip4clip.datasets.transforms.processing import resize_center_crop
 from mmclip4clip.datasets.transforms.sampling import slice_frames
 
-PIPELINE = [
-    dict(type='AVInit'),
-    dict(type='SampleFramesByRate', max_frames=12, feature_framerate=1,
-         slice_framepos=2, frame_order=0),
-    dict(type='AVDecode'),
-    dict(type='CLIPResizeCrop', size=224),
-]
+
+def eval_pipeline(max_frames: int = 12, size: int = 224) -> list[dict]:
+    """The evaluation pipeline: PyAV, one frame a second, ``max_frames``
+    spread over the video, CLIP's resize and centre crop to ``size``."""
+    return [
+        dict(type='AVInit'),
+        dict(type='SampleFramesByRate', max_frames=max_frames,
+             feature_framerate=1, slice_framepos=2, frame_order=0),
+        dict(type='AVDecode'),
+        dict(type='CLIPResizeCrop', size=size),
+    ]
 
 
 def _frames(num: int, width: int, height: int, seed: int):
@@ -73,19 +77,22 @@ def make_clip(path: Path, seconds: int = 10, fps: int = 30,
         container.mux(stream.encode())
 
 
-def make_clips(root: Path, num: int, seconds: int = 10) -> tuple[list[Path],
-                                                                  list[Path]]:
-    """``num`` generated clips under ``root/raw`` and their 3-fps, 224-px
-    copies under ``root/3fps``; returns both path lists."""
+def make_clips(root: Path, num: int, seconds: int = 10,
+               size: tuple[int, int] = (640, 360),
+               small_size: int = 224) -> tuple[list[Path], list[Path]]:
+    """``num`` generated clips of ``size`` under ``root/raw`` and their
+    3-fps copies (shorter side ``small_size``) under ``root/3fps``; returns
+    both path lists."""
     raw, small = root / 'raw', root / '3fps'
     raw.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(num):
         path = raw / f'clip{i:03d}.mp4'
         if not path.exists():
-            make_clip(path, seconds=seconds, seed=i)
+            make_clip(path, seconds=seconds, size=size, seed=i)
         paths.append(path)
-    compress_videos(raw, small, fps=3, size=224, workers=1, progress=False)
+    compress_videos(raw, small, fps=3, size=small_size, workers=1,
+                    progress=False)
     return paths, [small / p.name for p in paths]
 
 
@@ -118,22 +125,29 @@ def read_by_seeking(path: Path, max_frames: int = 12,
 class SeekingDataset(Dataset):
     """The original reader (:func:`read_by_seeking`) as a dataset."""
 
-    def __init__(self, paths: list[Path]) -> None:
-        self.paths = paths
+    def __init__(self, paths: list[Path], max_frames: int = 12,
+                 size: int = 224) -> None:
+        self.paths, self.max_frames, self.size = paths, max_frames, size
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        return read_by_seeking(self.paths[index])
+        return read_by_seeking(self.paths[index], self.max_frames, self.size)
 
 
 def videos_per_s(dataset: Dataset, workers: int) -> float:
     """Steady-state videos/s of reading a dataset: timed from the first
     video delivered to the last, so worker start-up (paid once per run with
-    persistent workers) is left out."""
+    persistent workers) is left out.
+
+    Workers are forked, as a training run's loader's are on Linux: this
+    section runs in a process started by forkserver or spawn, whose start
+    method it inherits, and workers started that way import everything
+    again (tens of seconds per loader on a small CPU)."""
     loader = DataLoader(dataset, batch_size=1, num_workers=workers,
-                        collate_fn=collate_as_list)
+                        collate_fn=collate_as_list,
+                        multiprocessing_context='fork' if workers else None)
     start = None
     for batch in loader:
         if isinstance(batch[0], dict) and batch[0]['error'] is not None:
@@ -144,19 +158,24 @@ def videos_per_s(dataset: Dataset, workers: int) -> float:
     return (len(dataset) - 1) / (time.perf_counter() - start)
 
 
-def data_pipeline(work_dir: Path, quick: bool = False) -> dict:
+def data_pipeline(work_dir: Path, num: int = 16, seconds: int = 10,
+                  size: tuple[int, int] = (640, 360), frames: int = 12,
+                  image_size: int = 224) -> dict:
     """(d) videos/s of the pipeline and of OpenCV seeking with 0/1/2
-    workers, on the generated 30-fps clips and on their 3-fps copies."""
-    num = 3 if quick else 16
-    seconds = 4 if quick else 10
+    workers, on ``num`` generated 30-fps clips of ``seconds`` and ``size``
+    and on their 3-fps copies; ``frames`` of ``image_size`` px per video."""
     start = time.perf_counter()
-    raw, small = make_clips(work_dir, num, seconds=seconds)
+    raw, small = make_clips(work_dir, num, seconds=seconds, size=size,
+                            small_size=image_size)
     generate = time.perf_counter() - start
+    pipeline = eval_pipeline(frames, image_size)
     rows = []
-    for name, paths in (('30fps 640x360', raw), ('3fps 224', small)):
+    for name, paths in ((f'30fps {size[0]}x{size[1]}', raw),
+                        (f'3fps {image_size}', small)):
         for workers in (0, 1, 2):
-            ours = videos_per_s(VideoFileDataset(paths, PIPELINE), workers)
-            seek = videos_per_s(SeekingDataset(paths), workers)
+            ours = videos_per_s(VideoFileDataset(paths, pipeline), workers)
+            seek = videos_per_s(SeekingDataset(paths, frames, image_size),
+                                workers)
             rows.append(dict(clips=name, workers=workers, videos_per_s=ours,
                              opencv_seek_videos_per_s=seek,
                              speedup=ours / seek))

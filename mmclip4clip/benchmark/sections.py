@@ -2,15 +2,19 @@
 
 Each section measures one of the costs of text-video retrieval at the shapes
 of CLIP4Clip with ViT-B/32 (random weights: speed does not depend on them)
-and returns a JSON-ready dict. ``quick`` shrinks every size so the whole
-benchmark runs in about a minute (CI runs it so it cannot rot); the figures
-of a quick run are not comparable with the full ones. Where an earlier
+and returns a JSON-ready dict. Its sizes come from a :class:`Sizes`:
+``FULL`` (the benchmark), ``QUICK`` (every size shrunk, about a minute) or
+``TINY`` (a tiny CLIP and a few of everything, seconds: the tests run it so
+the benchmark cannot rot); the figures of the small runs are not comparable
+with the full ones. Where an earlier
 implementation pays the same cost differently, a ``baseline`` entry gives its
 figure from the same run (:mod:`.baselines`) and ``speedup`` = its time /
 ours.
 """
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from time import perf_counter
@@ -38,11 +42,66 @@ FRAMES = 12  # frames per video (MSR-VTT recipe)
 WORDS = 32  # caption length in tokens (MSR-VTT recipe)
 EMBED_DIM = 512  # ViT-B/32's joint embedding width
 
+# CLIP's vocabulary and text context, 64-wide towers of 2 layers, 32-px
+# frames in 16 patches.
+TINY_CLIP = dict(
+    projection_dim=64,
+    text_config=dict(hidden_size=64, intermediate_size=128,
+                     num_hidden_layers=2, num_attention_heads=2),
+    vision_config=dict(image_size=32, patch_size=8, hidden_size=64,
+                       intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=2))
 
-def vit_b32_backbone(device: torch.device) -> CLIPBackbone:
-    """CLIP ViT-B/32 shapes (transformers' CLIPConfig defaults), random."""
+
+@dataclass(frozen=True)
+class Sizes:
+    """Every size of one benchmark run (``FULL``, ``QUICK`` or ``TINY``)."""
+
+    name: str
+    # The model: a transformers CLIPConfig ({}: ViT-B/32), its joint
+    # embedding width and input shapes.
+    clip: dict = field(default_factory=dict)
+    embed_dim: int = EMBED_DIM
+    image_size: int = 224
+    frames: int = FRAMES
+    head_layers: int = 4  # seqTransf / tightTransf
+    # Timed runs per measurement, after one warm-up (text: its own).
+    repeats: int = 3
+    text_repeats: int = 5
+    matmul_size: int = 4096  # the fp32 matrix-product peak's matrices
+    video_batches: tuple[int, ...] = (1, 4, 16)
+    baseline_batch: int = 4  # the video batch timed against transformers
+    captions: int = 64
+    train_batch: int = 4
+    loose_size: int = 1000  # texts = videos scored from frame features
+    tight_sizes: tuple[int, ...] = (100, )  # --tight-large adds 1000
+    matrix_sizes: tuple[int, ...] = (1000, 5000, 10000)
+    embedding_sizes: tuple[int, ...] = (1000, 10000, 100000)
+    # The data section: generated clips, seconds and size of each.
+    clips: int = 16
+    clip_seconds: int = 10
+    clip_size: tuple[int, int] = (640, 360)
+
+
+FULL = Sizes('full')
+QUICK = Sizes('quick', repeats=1, text_repeats=1, matmul_size=2048,
+              video_batches=(1, 4), baseline_batch=1, captions=16,
+              train_batch=1, loose_size=100, tight_sizes=(20, ),
+              matrix_sizes=(1000, ), embedding_sizes=(1000, ), clips=3,
+              clip_seconds=4)
+TINY = Sizes('tiny', clip=TINY_CLIP, embed_dim=64, image_size=32, frames=4,
+             head_layers=1, repeats=1, text_repeats=1, matmul_size=512,
+             video_batches=(1, 2), baseline_batch=1, captions=4,
+             train_batch=2, loose_size=8, tight_sizes=(20, ),
+             matrix_sizes=(50, ), embedding_sizes=(50, ), clips=2,
+             clip_seconds=2, clip_size=(160, 90))
+SIZES = {sizes.name: sizes for sizes in (FULL, QUICK, TINY)}
+
+
+def random_backbone(sizes: Sizes, device: torch.device) -> CLIPBackbone:
+    """A CLIP of the run's shapes (``FULL``: ViT-B/32), random weights."""
     torch.manual_seed(0)
-    return CLIPBackbone(config=dict()).to(device)
+    return CLIPBackbone(config=copy.deepcopy(sizes.clip)).to(device)
 
 
 def random_captions(num: int, length: int, context: int,
@@ -59,28 +118,29 @@ def random_captions(num: int, length: int, context: int,
 
 
 def video_encoding(device: torch.device, peak_flops: float,
-                   quick: bool = False) -> dict:
+                   sizes: Sizes = FULL) -> dict:
     """(a) videos/s of the image tower, 12 frames at 224 px, by batch size,
     and its achieved fraction of the matrix-product peak."""
-    backbone = vit_b32_backbone(device).eval()
+    backbone = random_backbone(sizes, device).eval()
+    px = sizes.image_size
     rows = []
-    for batch in ((1, 4) if quick else (1, 4, 16)):
-        frames = torch.randn(batch, FRAMES, 3, 224, 224, device=device)
-        mask = torch.ones(batch, FRAMES, device=device)
+    for batch in sizes.video_batches:
+        frames = torch.randn(batch, sizes.frames, 3, px, px, device=device)
+        mask = torch.ones(batch, sizes.frames, device=device)
         run = partial(backbone.encode_frames, frames, mask)
         with torch.no_grad():
             flops = count_flops(run)
-            seconds = median_seconds(run, device, repeats=1 if quick else 3)
+            seconds = median_seconds(run, device, repeats=sizes.repeats)
         rows.append(dict(batch=batch, seconds=seconds,
                          videos_per_s=batch / seconds,
                          gflop=flops / 1e9,
                          fraction_of_peak=flops / seconds / peak_flops))
-        if batch == (1 if quick else 4):
+        if batch == sizes.baseline_batch:
             base = partial(baselines.image_features, backbone.clip, frames)
             rows[-1]['baseline'] = _baseline(run, base, seconds, device,
-                                             repeats=1 if quick else 3,
+                                             repeats=sizes.repeats,
                                              videos_per_s=batch)
-    return dict(frames=FRAMES, image_size=224, runs=rows)
+    return dict(frames=sizes.frames, image_size=px, runs=rows)
 
 
 def _baseline(ours, theirs, our_seconds: float, device: torch.device,
@@ -97,60 +157,61 @@ def _baseline(ours, theirs, our_seconds: float, device: torch.device,
 
 
 def text_encoding(device: torch.device, peak_flops: float,
-                  quick: bool = False) -> dict:
+                  sizes: Sizes = FULL) -> dict:
     """(b) texts/s for 64 captions of 32 tokens, tokenised at 32 and padded
     to CLIP's context of 77 (padding past the longest caption is cut)."""
-    backbone = vit_b32_backbone(device).eval()
-    num = 16 if quick else 64
+    backbone = random_backbone(sizes, device).eval()
+    num = sizes.captions
     rows = []
     for context in (WORDS, 77):
         ids, mask = random_captions(num, WORDS, context, device)
         run = partial(backbone.encode_text, ids, mask)
         with torch.no_grad():
             flops = count_flops(run)
-            seconds = median_seconds(run, device, repeats=1 if quick else 5)
+            seconds = median_seconds(run, device, repeats=sizes.text_repeats)
         rows.append(dict(captions=num, tokens=WORDS, padded_to=context,
                          seconds=seconds, texts_per_s=num / seconds,
                          gflop=flops / 1e9,
                          fraction_of_peak=flops / seconds / peak_flops))
         base = partial(baselines.text_features, backbone.clip, ids, mask)
         rows[-1]['baseline'] = _baseline(run, base, seconds, device,
-                                         repeats=1 if quick else 5,
+                                         repeats=sizes.text_repeats,
                                          texts_per_s=num)
     return dict(runs=rows)
 
 
-def training_step(device: torch.device, quick: bool = False) -> dict:
+def training_step(device: torch.device, sizes: Sizes = FULL) -> dict:
     """(c) one optimisation step (forward, backward, AdamW) for meanP and
     seqTransf, batch 4 videos x 12 frames with 4 captions of 32 tokens."""
-    batch = 1 if quick else 4
+    batch, frames, px = sizes.train_batch, sizes.frames, sizes.image_size
     rows = []
     for head in ('MeanPHead', 'SeqTransfHead'):
         torch.manual_seed(0)
         head_cfg = dict(type=head)
         if head == 'SeqTransfHead':
-            head_cfg.update(embed_dim=EMBED_DIM, num_layers=4)
-        model = CLIP4Clip(backbone=dict(type='CLIPBackbone', config=dict()),
+            head_cfg.update(embed_dim=sizes.embed_dim,
+                            num_layers=sizes.head_layers)
+        model = CLIP4Clip(backbone=dict(type='CLIPBackbone',
+                                        config=copy.deepcopy(sizes.clip)),
                           head=head_cfg).to(device).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-7)
         ids, mask = random_captions(batch, WORDS, WORDS, device)
         inputs = dict(
-            frames=torch.randn(batch, FRAMES, 3, 224, 224, device=device),
-            frame_mask=torch.ones(batch, FRAMES, device=device),
+            frames=torch.randn(batch, frames, 3, px, px, device=device),
+            frame_mask=torch.ones(batch, frames, device=device),
             input_ids=ids, attention_mask=mask,
             text_video_index=torch.arange(batch, device=device))
 
         seconds = median_seconds(partial(_train_step, model, optimizer, inputs),
-                                 device, repeats=1 if quick else 3)
-        rows.append(dict(head=head, batch=batch, frames=FRAMES,
+                                 device, repeats=sizes.repeats)
+        rows.append(dict(head=head, batch=batch, frames=frames,
                          seconds=seconds))
         if head == 'MeanPHead':  # the same weights, frozen set and inputs
             clip = model.backbone.clip
             base = partial(baselines.train_step, clip, torch.optim.AdamW(
                 [p for p in clip.parameters() if p.requires_grad], lr=1e-7),
                 inputs['frames'], ids, mask)
-            base_seconds = median_seconds(base, device,
-                                          repeats=1 if quick else 3)
+            base_seconds = median_seconds(base, device, repeats=sizes.repeats)
             rows[-1]['baseline'] = dict(seconds=base_seconds,
                                         speedup=base_seconds / seconds)
         del model, optimizer
@@ -171,40 +232,41 @@ def _loose_scores(head: torch.nn.Module, text: torch.Tensor,
     return scale * text @ head(frames, mask).T
 
 
-def loose_scoring(device: torch.device, quick: bool = False) -> dict:
+def loose_scoring(device: torch.device, sizes: Sizes = FULL) -> dict:
     """(e) a 1000 x 1000 test scored from precomputed frame features: the
     head once per video, then one matrix product."""
-    num = 100 if quick else 1000
+    num, dim = sizes.loose_size, sizes.embed_dim
     torch.manual_seed(0)
-    text = F.normalize(torch.randn(num, EMBED_DIM, device=device), dim=-1)
-    frames = torch.randn(num, FRAMES, EMBED_DIM, device=device)
-    mask = torch.ones(num, FRAMES, device=device)
-    heads = dict(meanP=MeanPHead(), seqLSTM=SeqLSTMHead(EMBED_DIM),
-                 seqTransf=SeqTransfHead(EMBED_DIM, num_layers=4))
+    text = F.normalize(torch.randn(num, dim, device=device), dim=-1)
+    frames = torch.randn(num, sizes.frames, dim, device=device)
+    mask = torch.ones(num, sizes.frames, device=device)
+    heads = dict(meanP=MeanPHead(), seqLSTM=SeqLSTMHead(dim),
+                 seqTransf=SeqTransfHead(dim, num_layers=sizes.head_layers))
     rows = []
     for name, head in heads.items():
         run = partial(_loose_scores, head.to(device).eval(), text, frames,
                       mask, 100.0)
         with torch.no_grad():
-            seconds = median_seconds(run, device, repeats=1 if quick else 3)
+            seconds = median_seconds(run, device, repeats=sizes.repeats)
         rows.append(dict(head=name, texts=num, videos=num, seconds=seconds))
-    return dict(frames=FRAMES, runs=rows)
+    return dict(frames=sizes.frames, runs=rows)
 
 
-def tight_scoring(device: torch.device, quick: bool = False,
+def tight_scoring(device: torch.device, sizes: Sizes = FULL,
                   large: bool = False) -> dict:
     """(g) tightTransf over every (text, video) pair at two chunk sizes:
     time and peak memory above the inputs and the head."""
     torch.manual_seed(0)
-    head = TightTransfHead(EMBED_DIM, num_layers=4).to(device).eval()
-    sizes = [20] if quick else [100]
+    dim, num_frames = sizes.embed_dim, sizes.frames
+    head = TightTransfHead(dim, num_layers=sizes.head_layers).to(device).eval()
+    nums = list(sizes.tight_sizes)
     if large:
-        sizes.append(1000)
+        nums.append(1000)
     rows = []
-    for num in sizes:
-        text = torch.randn(num, EMBED_DIM, device=device)
-        frames = torch.randn(num, FRAMES, EMBED_DIM, device=device)
-        mask = torch.ones(num, FRAMES, device=device)
+    for num in nums:
+        text = torch.randn(num, dim, device=device)
+        frames = torch.randn(num, num_frames, dim, device=device)
+        mask = torch.ones(num, num_frames, device=device)
         for chunk in (128, 2048):
             run = partial(head.pair_logits, text, frames, mask, chunk)
             with torch.no_grad():
@@ -213,38 +275,37 @@ def tight_scoring(device: torch.device, quick: bool = False,
                     seconds = median_seconds(run, device, repeats=1, warmup=0)
             rows.append(dict(texts=num, videos=num, chunk_size=chunk,
                              seconds=seconds, peak_mib=peak.mib))
-    return dict(frames=FRAMES, runs=rows)
+    return dict(frames=num_frames, runs=rows)
 
 
-def retrieval_metrics(device: torch.device, quick: bool = False) -> dict:
+def retrieval_metrics(device: torch.device, sizes: Sizes = FULL) -> dict:
     """(f) exact ranks and R@K/MdR/MnR both ways for N texts x N videos:
     from a score matrix held in memory, and from embeddings (the score
     matrix computed and ranked block by block, never held whole)."""
     rows = []
     torch.manual_seed(0)
-    matrix_sizes = (1000, ) if quick else (1000, 5000, 10000)
-    for num in matrix_sizes:
+    for num in sizes.matrix_sizes:
         scores = torch.randn(num, num)
         index = torch.arange(num)
         run = partial(retrieval_ranks, scores, index)
         with peak_memory(torch.device('cpu')) as peak:
             seconds = median_seconds(run, torch.device('cpu'),
-                                     repeats=1 if quick else 3)
+                                     repeats=sizes.repeats)
         rows.append(dict(source='matrix', n=num, seconds=seconds,
                          peak_mib=peak.mib))
         if num <= 5000:
             base = partial(baselines.sorted_ranks, scores.numpy())
             with peak_memory(torch.device('cpu')) as base_peak:
                 base_seconds = median_seconds(base, torch.device('cpu'),
-                                              repeats=1 if quick else 3)
+                                              repeats=sizes.repeats)
             rows[-1]['baseline'] = dict(seconds=base_seconds,
                                         speedup=base_seconds / seconds,
                                         peak_mib=base_peak.mib)
         del scores
-    embedding_sizes = (1000, ) if quick else (1000, 10000, 100000)
-    for num in embedding_sizes:
-        text = F.normalize(torch.randn(num, EMBED_DIM, device=device), dim=-1)
-        video = F.normalize(torch.randn(num, EMBED_DIM, device=device), dim=-1)
+    dim = sizes.embed_dim
+    for num in sizes.embedding_sizes:
+        text = F.normalize(torch.randn(num, dim, device=device), dim=-1)
+        video = F.normalize(torch.randn(num, dim, device=device), dim=-1)
         scores = EmbeddingScores(text, video, scale=100.0)
         index = torch.arange(num)
         run = partial(retrieval_ranks, scores, index)
@@ -253,33 +314,36 @@ def retrieval_metrics(device: torch.device, quick: bool = False) -> dict:
                                      warmup=0 if num > 10000 else 1)
         rows.append(dict(source='embeddings', n=num, seconds=seconds,
                          peak_mib=peak.mib))
-    return dict(dim=EMBED_DIM, runs=rows)
+    return dict(dim=dim, runs=rows)
 
 
 _RUNS = dict(
-    video=lambda dev, peak, work_dir, quick, large: video_encoding(
-        dev, peak, quick),
-    text=lambda dev, peak, work_dir, quick, large: text_encoding(
-        dev, peak, quick),
-    train=lambda dev, peak, work_dir, quick, large: training_step(dev, quick),
-    data=lambda dev, peak, work_dir, quick, large: data_pipeline(
-        work_dir, quick),
-    loose=lambda dev, peak, work_dir, quick, large: loose_scoring(dev, quick),
-    metrics=lambda dev, peak, work_dir, quick, large: retrieval_metrics(
-        dev, quick),
-    tight=lambda dev, peak, work_dir, quick, large: tight_scoring(
-        dev, quick, large))
+    video=lambda dev, peak, work_dir, sizes, large: video_encoding(
+        dev, peak, sizes),
+    text=lambda dev, peak, work_dir, sizes, large: text_encoding(
+        dev, peak, sizes),
+    train=lambda dev, peak, work_dir, sizes, large: training_step(dev, sizes),
+    data=lambda dev, peak, work_dir, sizes, large: data_pipeline(
+        work_dir, num=sizes.clips, seconds=sizes.clip_seconds,
+        size=sizes.clip_size, frames=sizes.frames,
+        image_size=sizes.image_size),
+    loose=lambda dev, peak, work_dir, sizes, large: loose_scoring(dev, sizes),
+    metrics=lambda dev, peak, work_dir, sizes, large: retrieval_metrics(
+        dev, sizes),
+    tight=lambda dev, peak, work_dir, sizes, large: tight_scoring(
+        dev, sizes, large))
 SECTIONS = tuple(_RUNS)
 
 
 def run_section(name: str, device: str, peak_flops: float, work_dir: str,
-                quick: bool = False, tight_large: bool = False) -> dict:
-    """One section by name, with its wall time; meant to run in a fresh
-    process per section, so that no section's memory (or the allocator
-    state it leaves) counts in the next one's peak."""
+                sizes: str = 'full', tight_large: bool = False) -> dict:
+    """One section by name at the named :data:`SIZES`, with its wall time;
+    meant to run in a fresh process per section, so that no section's
+    memory (or the allocator state it leaves) counts in the next one's
+    peak."""
     init_default_scope('mmclip4clip')
     start = perf_counter()
     result = _RUNS[name](torch.device(device), peak_flops, Path(work_dir),
-                         quick, tight_large)
+                         SIZES[sizes], tight_large)
     result['section_seconds'] = perf_counter() - start
     return result

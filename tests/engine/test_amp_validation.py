@@ -4,7 +4,6 @@ to run validation in fp32; only tools/test.py turned autocast on).
 The run is one tiny epoch with validation; a hook records the dtype that
 the model's linear layers produce while validating.
 """
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -13,19 +12,9 @@ from mmengine.hooks import Hook
 from mmengine.runner import Runner
 from torch import nn
 
-from mmclip4clip.datasets.synthetic import make_synthetic_dataset
-
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / ('configs/retrieval/clip4clip/'
                  'clip4clip_tiny-p4-res32-scratch_1xb32-u8-30e_synthetic-rgb.py')
-
-
-def load_train_tool():
-    spec = importlib.util.spec_from_file_location('train_tool',
-                                                  REPO / 'tools/train.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class LinearDtypeProbe(Hook):
@@ -47,12 +36,11 @@ class LinearDtypeProbe(Hook):
         self.handles.clear()
 
 
-def test_amp_training_validates_under_autocast(tmp_path, monkeypatch):
-    make_synthetic_dataset(tmp_path / 'data' / 'synthetic', seed=1,
-                           train_per_combo=1, test_per_combo=1, seconds=2,
-                           size=32, progress=False)
+def test_amp_training_validates_under_autocast(make_workspace, monkeypatch,
+                                               load_tool):
+    tmp_path = make_workspace('amp_validation')
     monkeypatch.chdir(tmp_path)
-    train = load_train_tool()
+    train = load_tool('tools/train.py')
     monkeypatch.setattr(sys, 'argv', [
         'train.py', str(CONFIG), '--amp', '--work-dir', str(tmp_path / 'w'),
         '--cfg-options', 'train_cfg.max_epochs=1', 'train_cfg.val_interval=1',

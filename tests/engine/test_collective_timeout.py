@@ -8,7 +8,6 @@ MASTER_ADDR, MASTER_PORT); both go through ``enable_cpu_distributed`` and
 stops itself with SIGSTOP and rank 0 enters a second one.
 """
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -38,13 +37,7 @@ with naming_absent_ranks():
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
-def test_frozen_peer_ends_the_job_naming_its_rank(tmp_path):
+def test_frozen_peer_ends_the_job_naming_its_rank(tmp_path, free_port):
     script = tmp_path / 'worker.py'
     script.write_text(WORKER)
     port = str(free_port())

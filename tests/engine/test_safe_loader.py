@@ -129,47 +129,49 @@ def test_importing_the_plugin_leaves_mmengine_loading_alone(tmp_path,
                                                             monkeypatch):
     """mmaction2's own Runner checkpoints hold mmengine's HistoryBuffer,
     outside any allow-list. In a fresh process, mmengine's loader treats
-    them exactly as without the plugin (refused by torch's default, loaded
-    with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1), while our loader refuses them
-    (without the variable)."""
+    them the same before and after importing the plugin (refused by torch's
+    default, loaded with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1), while our
+    loader refuses them (without the variable)."""
+    from mmengine.logging import HistoryBuffer
+
     path = tmp_path / 'mmaction2_epoch_1.pth'
-    code = textwrap.dedent(f'''
-        import torch
-        from mmengine.logging import HistoryBuffer
-        torch.save({{'state_dict': {{'w': torch.ones(2)}},
-                    'message_hub': {{'loss': HistoryBuffer([1.0], [1])}}}},
-                   {str(path)!r})
-    ''')
-    subprocess.run([sys.executable, '-c', code], check=True)
+    torch.save({'state_dict': {'w': torch.ones(2)},
+                'message_hub': {'loss': HistoryBuffer([1.0], [1])}}, path)
 
+    # One process: mmengine alone, then the plugin imported; torch reads the
+    # variable at each load, so each state is tried both ways.
     probe = textwrap.dedent(f'''
-        import json, sys
-        if sys.argv[1] == 'plugin':
-            import mmclip4clip  # noqa: F401
+        import json, os, sys
         from mmengine.runner import CheckpointLoader
-        try:
-            ckpt = CheckpointLoader.load_checkpoint({str(path)!r},
-                                                    map_location='cpu')
-            outcome = ['loaded', type(ckpt['message_hub']['loss']).__name__]
-        except Exception as err:
-            outcome = ['refused', type(err).__name__]
-        print(json.dumps(outcome))
+
+        def outcomes():
+            found = {{}}
+            for opt_out in (False, True):
+                os.environ.pop({FORCE_UNSAFE_ENV!r}, None)
+                if opt_out:
+                    os.environ[{FORCE_UNSAFE_ENV!r}] = '1'
+                try:
+                    ckpt = CheckpointLoader.load_checkpoint(
+                        {str(path)!r}, map_location='cpu')
+                    found[opt_out] = [
+                        'loaded', type(ckpt['message_hub']['loss']).__name__]
+                except Exception as err:
+                    found[opt_out] = ['refused', type(err).__name__]
+            return found
+
+        bare = outcomes()
+        assert 'mmclip4clip' not in sys.modules
+        import mmclip4clip  # noqa: F401
+        print(json.dumps(dict(bare=bare, plugin=outcomes())))
     ''')
-
-    def outcome(plugin: str, opt_out: bool) -> list:
-        env = {k: v for k, v in os.environ.items()
-               if k != FORCE_UNSAFE_ENV}
-        if opt_out:
-            env[FORCE_UNSAFE_ENV] = '1'
-        proc = subprocess.run([sys.executable, '-c', probe, plugin],
-                              capture_output=True, text=True, env=env,
-                              check=True)
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-
-    for opt_out in (False, True):
-        assert outcome('plugin', opt_out) == outcome('bare', opt_out)
-    assert outcome('plugin', True) == ['loaded', 'HistoryBuffer']
-    assert outcome('plugin', False)[0] == 'refused'
+    env = {k: v for k, v in os.environ.items() if k != FORCE_UNSAFE_ENV}
+    proc = subprocess.run([sys.executable, '-c', probe], capture_output=True,
+                          text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found['plugin'] == found['bare']
+    assert found['plugin']['true'] == ['loaded', 'HistoryBuffer']
+    assert found['plugin']['false'][0] == 'refused'
     monkeypatch.delenv(FORCE_UNSAFE_ENV, raising=False)
     with pytest.raises(UnsafeCheckpointError, match='HistoryBuffer'):
         load_checkpoint_file(path)

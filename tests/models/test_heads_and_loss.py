@@ -4,7 +4,6 @@ The distributed tests spawn two gloo processes once per module; every
 process writes its results to a file and the assertions run here.
 """
 import os
-import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -296,14 +295,8 @@ def gather_worker(rank: int, world_size: int, port: int, out_dir: str):
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope='module')
-def gather_results(tmp_path_factory) -> list[dict]:
+def gather_results(tmp_path_factory, free_port) -> list[dict]:
     out_dir = tmp_path_factory.mktemp('gather')
     mp.spawn(gather_worker, args=(WORLD_SIZE, free_port(), str(out_dir)),
              nprocs=WORLD_SIZE, join=True)

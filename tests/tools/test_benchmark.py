@@ -1,29 +1,39 @@
-"""tools/analysis_tools/benchmark.py --quick runs every section (as CI
-does once, so the benchmark cannot rot) and writes sane figures."""
+"""tools/analysis_tools/benchmark.py runs every section (``--tiny``: the
+same code on a tiny CLIP, as CI runs it so the benchmark cannot rot) and
+writes sane figures; ``--quick`` and the full run keep ViT-B/32 shapes."""
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from mmclip4clip import benchmark
 from mmclip4clip.benchmark import peak_memory
 
 REPO = Path(__file__).resolve().parents[2]
+TOOL = REPO / 'tools/analysis_tools/benchmark.py'
 
 
 def positive(value) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value > 0
 
 
-def test_quick_benchmark_runs_every_section(tmp_path):
+def test_tiny_benchmark_runs_every_section(tmp_path):
     out = tmp_path / 'result.json'
     proc = subprocess.run(
-        [sys.executable, str(REPO / 'tools/analysis_tools/benchmark.py'),
-         '--quick', '--out', str(out), '--work-dir', str(tmp_path / 'clips')],
+        [sys.executable, str(TOOL), '--tiny', '--out', str(out),
+         '--work-dir', str(tmp_path / 'clips')],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
+    assert result['sizes'] == 'tiny' and result['quick'] is False
     assert positive(result['matmul']['fp32_flops_per_s'])
+    tiny = benchmark.TINY
+    assert result['video']['frames'] == tiny.frames
+    assert [run['batch'] for run in result['video']['runs']] == list(
+        tiny.video_batches)
     for run in result['video']['runs']:
         assert positive(run['videos_per_s'])
         assert 0 < run['fraction_of_peak'] < 2  # FLOPs were counted
@@ -47,13 +57,43 @@ def test_quick_benchmark_runs_every_section(tmp_path):
     assert all(positive(base['speedup']) for base in baselines)
     assert all(base['max_abs_diff'] < 1e-3 for base in baselines
                if 'max_abs_diff' in base)
+    width, height = tiny.clip_size
     assert {(run['clips'], run['workers']) for run in result['data']['runs']
-            } == {(c, w) for c in ('30fps 640x360', '3fps 224')
+            } == {(c, w) for c in (f'30fps {width}x{height}',
+                                   f'3fps {tiny.image_size}')
                   for w in (0, 1, 2)}
     assert all(positive(run['speedup']) for run in result['data']['runs'])
     assert {run['source'] for run in result['metrics']['runs']} == {
         'matrix', 'embeddings'}
+    # More pairs than the smaller chunk holds: chunking is exercised.
     assert {run['chunk_size'] for run in result['tight']['runs']} == {128, 2048}
+    assert all(run['texts'] * run['videos'] > 128
+               for run in result['tight']['runs'])
+
+
+def test_quick_and_full_runs_keep_vit_b32_shapes(load_tool):
+    """The tiny run checks the mechanics; --quick (as the README gives it)
+    still parses and plans every section at CLIP4Clip's ViT-B/32 shapes,
+    only fewer of everything than the full run."""
+    tool = load_tool('tools/analysis_tools/benchmark.py')
+    args = tool.parse_args(['--quick', '--out', 'quick.json'])
+    assert args.quick and not args.tiny
+    assert args.sections == list(benchmark.SECTIONS)
+    assert set(benchmark.SECTIONS) == {
+        'video', 'text', 'train', 'data', 'loose', 'metrics', 'tight'}
+    quick, full = benchmark.QUICK, benchmark.FULL
+    assert benchmark.SIZES == dict(full=full, quick=quick,
+                                   tiny=benchmark.TINY)
+    for sizes in (quick, full):
+        assert sizes.clip == {}  # transformers' CLIPConfig: ViT-B/32
+        assert (sizes.embed_dim, sizes.image_size, sizes.frames,
+                sizes.head_layers) == (512, 224, 12, 4)
+        assert sizes.baseline_batch in sizes.video_batches
+    assert quick.video_batches == (1, 4)
+    assert full.video_batches == (1, 4, 16)
+    assert quick.repeats == 1 and full.repeats == 3
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--quick', '--tiny', '--out', 'x.json'])
 
 
 def test_peak_memory_sees_a_large_allocation():

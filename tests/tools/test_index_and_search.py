@@ -206,13 +206,39 @@ def corrupt_index_json(index: Path) -> None:
     (index / 'index.json').write_text('{"format": ')
 
 
+def run_tool_in_process(load_tool, monkeypatch, capsys, tool: str,
+                        args: list) -> tuple[int, str, str]:
+    """A tool's main() in-process, for arguments it refuses before loading
+    anything: (exit status, stdout, stderr)."""
+    module = load_tool(tool)
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    monkeypatch.setattr(sys, 'argv', [Path(tool).name, *map(str, args)])
+    with pytest.raises(SystemExit) as stop:
+        module.main()
+    out, err = capsys.readouterr()
+    return stop.value.code, out, err
+
+
+@pytest.mark.parametrize('args, message', [
+    (['a red square', '--topk', '-5'], "--topk: must be an integer >= 1"),
+    (['a red square', '--rerank-config', CONFIG],
+     '--rerank-config and --rerank-checkpoint go together'),
+])
+def test_search_argument_errors_are_one_line_and_exit_2(
+        test_index, load_tool, monkeypatch, capsys, args, message):
+    # In-process: argparse refuses them before anything is loaded (the test
+    # below runs the tool for the errors found while searching).
+    status, out, err = run_tool_in_process(
+        load_tool, monkeypatch, capsys, 'tools/search.py',
+        [test_index, *args, '--json'])
+    assert status == 2 and out == ''
+    assert message in err.strip().splitlines()[-1], err
+
+
 @pytest.mark.parametrize('args, status, message', [
-    (['a red square', '--topk', '-5'], 2, "--topk: must be an integer >= 1"),
     (['  '], 1, "error: the query '  ' is empty"),
     (['zebra giraffe'], 1, 'error: the tokenizer knows none of the words'),
     (['a red square', corrupt_index_json], 1, 'index.json: not valid JSON'),
-    (['a red square', '--rerank-config', CONFIG], 2,
-     '--rerank-config and --rerank-checkpoint go together'),
 ])
 def test_search_errors_are_one_line_and_exit_non_zero(workspace, test_index,
                                                       tmp_path, args, status,
@@ -232,12 +258,16 @@ def test_search_errors_are_one_line_and_exit_non_zero(workspace, test_index,
 
 
 def test_index_videos_batch_size_must_be_positive(workspace, checkpoint,
-                                                  tmp_path):
-    proc = run_tool([REPO / 'tools/index_videos.py', CONFIG, checkpoint,
-                     'data/synthetic/videos/test', tmp_path / 'index',
-                     '--batch-size', 0], cwd=workspace)
-    assert proc.returncode == 2
-    assert '--batch-size: must be an integer >= 1' in proc.stderr
+                                                  tmp_path, load_tool,
+                                                  monkeypatch, capsys):
+    monkeypatch.chdir(workspace)
+    status, _, err = run_tool_in_process(
+        load_tool, monkeypatch, capsys, 'tools/index_videos.py',
+        [CONFIG, checkpoint, 'data/synthetic/videos/test', tmp_path / 'index',
+         '--batch-size', 0])
+    assert status == 2
+    assert '--batch-size: must be an integer >= 1' in err
+    assert not (tmp_path / 'index').exists()
 
 
 def test_nan_checkpoint_is_refused_and_nothing_is_written(

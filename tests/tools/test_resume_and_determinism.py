@@ -2,7 +2,7 @@
 distributed evaluation, with the command-line tools run as subprocesses on a
 tiny synthetic dataset.
 
-The training runs (module fixture ``runs``): 3 short epochs of the synthetic
+The training runs (module fixture ``runs``): 2 short epochs of the synthetic
 tightTransf config from scratch (its dropout draws from torch's generator,
 so an exact resume needs the generator states that SafeCheckpointHook
 saves), 6 iterations each (180 captions, batch 32), ``randomness.seed=0
@@ -26,8 +26,6 @@ import numpy as np
 import pytest
 import torch
 
-from mmclip4clip.datasets.synthetic import make_synthetic_dataset
-
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / ('configs/retrieval/clip4clip/clip4clip-tightTransf_'
                  'tiny-p4-res32-scratch_1xb32-u8-30e_synthetic-rgb.py')
@@ -35,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 ITERS_PER_EPOCH = 6  # ceil(180 captions / 32)
 KILL_AT_ITER = ITERS_PER_EPOCH + 3  # epoch 2 (1-based) after 3 of its 6 iters
 TRAIN_OPTIONS = [
-    '--no-validate', '--cfg-options', 'train_cfg.max_epochs=3',
+    '--no-validate', '--cfg-options', 'train_cfg.max_epochs=2',
     'train_cfg.val_interval=100', 'default_hooks.checkpoint.interval=1',
     'default_hooks.checkpoint.max_keep_ckpts=-1',
     'default_hooks.logger.interval=1', 'train_dataloader.batch_size=32',
@@ -49,6 +47,28 @@ def run_tool(args: list, cwd: Path, env: dict | None = None,
     return subprocess.run([sys.executable, *map(str, args)], cwd=cwd,
                           env=env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def run_tools_together(*runs: tuple[list, Path, dict | None],
+                       timeout: int = 300) -> list[subprocess.CompletedProcess]:
+    """``run_tool`` for independent runs ``(args, cwd, env)``, started
+    together: each spends most of its start-up importing on one core."""
+    procs = []
+    for i, (args, cwd, env) in enumerate(runs):
+        out = cwd / f'.together_{i}.out'
+        err = cwd / f'.together_{i}.err'
+        with open(out, 'w') as stdout, open(err, 'w') as stderr:
+            procs.append((subprocess.Popen(
+                [sys.executable, *map(str, args)], cwd=cwd, env=env,
+                stdout=stdout, stderr=stderr, text=True), out, err))
+    done = []
+    for proc, out, err in procs:
+        proc.wait(timeout=timeout)
+        done.append(subprocess.CompletedProcess(
+            proc.args, proc.returncode, out.read_text(), err.read_text()))
+        out.unlink()
+        err.unlink()
+    return done
 
 
 def load(path: Path) -> dict:
@@ -66,23 +86,14 @@ def differing_tensors(a: dict, b: dict) -> list[str]:
 
 
 @pytest.fixture(scope='module')
-def workspace(tmp_path_factory) -> Path:
-    """A folder holding ``data/synthetic`` (1 clip per combination)."""
-    root = tmp_path_factory.mktemp('workspace')
-    make_synthetic_dataset(root / 'data' / 'synthetic', seed=1,
-                           train_per_combo=1, test_per_combo=1, seconds=2,
-                           size=32, progress=False)
-    return root
+def workspace(make_workspace) -> Path:
+    return make_workspace('workspace')
 
 
 @pytest.fixture(scope='module')
 def runs(workspace) -> dict:
-    """The uninterrupted run, the killed run and its resumption."""
-    straight = run_tool([REPO / 'tools/train.py', CONFIG, '--work-dir',
-                         workspace / 'straight', *TRAIN_OPTIONS],
-                        cwd=workspace)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-
+    """The uninterrupted run and the killed run (side by side), then the
+    killed run's resumption."""
     kill_config = workspace / 'kill_config.py'
     kill_config.write_text(
         f'_base_ = [{str(CONFIG)!r}]\n'
@@ -94,8 +105,12 @@ def runs(workspace) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         filter(None, [str(HERE), os.environ.get('PYTHONPATH')])))
     killed_dir = workspace / 'killed'
-    killed = run_tool([REPO / 'tools/train.py', kill_config, '--work-dir',
-                       killed_dir, *TRAIN_OPTIONS], cwd=workspace, env=env)
+    straight, killed = run_tools_together(
+        ([REPO / 'tools/train.py', CONFIG, '--work-dir',
+          workspace / 'straight', *TRAIN_OPTIONS], workspace, None),
+        ([REPO / 'tools/train.py', kill_config, '--work-dir', killed_dir,
+          *TRAIN_OPTIONS], workspace, env))
+    assert straight.returncode == 0, straight.stderr[-3000:]
     files_after_kill = sorted(p.name for p in killed_dir.glob('*.pth'))
     # Without the kill hook: the plain config, as a user would resume.
     resumed = run_tool([REPO / 'tools/train.py', CONFIG, '--work-dir',
@@ -128,10 +143,10 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(runs):
     # Same weights, optimizer state and schedule as without the crash: every
     # tensor bit for bit (the training reads no global RNG, the sampler
     # reshuffles from seed + epoch, and this CPU run is reproducible).
-    want = load(runs['straight'] / 'epoch_3.pth')
-    got = load(runs['killed'] / 'epoch_3.pth')
-    assert got['meta']['epoch'] == want['meta']['epoch'] == 3
-    assert got['meta']['iter'] == want['meta']['iter'] == 3 * ITERS_PER_EPOCH
+    want = load(runs['straight'] / 'epoch_2.pth')
+    got = load(runs['killed'] / 'epoch_2.pth')
+    assert got['meta']['epoch'] == want['meta']['epoch'] == 2
+    assert got['meta']['iter'] == want['meta']['iter'] == 2 * ITERS_PER_EPOCH
     diff = differing_tensors(want['state_dict'], got['state_dict'])
     assert not diff, f'{len(diff)} weights differ: {diff[:5]}'
     want_opt, got_opt = want['optimizer'], got['optimizer']
@@ -185,15 +200,9 @@ def test_resume_refuses_checkpoint_with_unsafe_pickle(workspace, runs,
     assert 'Epoch(train)' not in proc.stdout + proc.stderr
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 def test_one_and_two_process_evaluation_agree_on_odd_test_set(workspace,
-                                                               runs):
+                                                               runs,
+                                                               free_port):
     """45 test videos over 2 processes: the sampler pads one shard with a
     repeated video, which the evaluation must drop."""
     num_videos = 45

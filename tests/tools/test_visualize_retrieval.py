@@ -63,6 +63,27 @@ def run_visualiser(*args, cwd: Path = ROOT) -> subprocess.CompletedProcess:
         timeout=300)
 
 
+@pytest.fixture
+def visualise(load_tool, monkeypatch):
+    """``visualise(*args, cwd=ROOT) -> str | None``: the tool's main() run
+    in-process (the first test runs it as a user does); returns the message
+    it exits with, None when it finishes."""
+    tool = load_tool('tools/visualize_retrieval.py')
+
+    def run(*args, cwd: Path = ROOT) -> str | None:
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, 'argv',
+                            ['visualize_retrieval.py', *map(str, args)])
+        try:
+            tool.main()
+        except SystemExit as stop:
+            assert isinstance(stop.code, str), stop.code  # exit 1, a message
+            return stop.code
+        return None
+
+    return run
+
+
 def test_tool_writes_query_images_with_gt_marked_and_overview(dump_file):
     """A dump without video_paths whose video_ids are paths under
     --video-root; the missing video drawn only with --allow-missing."""
@@ -97,21 +118,20 @@ def test_tool_writes_query_images_with_gt_marked_and_overview(dump_file):
 
 
 def test_tool_stops_on_a_missing_video_naming_it_and_writes_nothing(
-        dump_file, tmp_path):
-    proc = run_visualiser(dump_file, tmp_path / 'out', '--video-root',
-                          dump_file.parent / 'videos', '--query-ids', '0',
-                          '1', '--topk', '2')
-    assert proc.returncode == 1
+        dump_file, tmp_path, visualise):
+    # An exit with a message (no other exception): no traceback.
+    message = visualise(dump_file, tmp_path / 'out', '--video-root',
+                        dump_file.parent / 'videos', '--query-ids', '0', '1',
+                        '--topk', '2')
     gone = dump_file.parent / 'videos' / 'gone.mp4'
-    assert f'1 of the 4 videos to draw do not exist: {gone}' in proc.stderr
-    assert 'Traceback' not in proc.stderr
+    assert f'1 of the 4 videos to draw do not exist: {gone}' in message
     assert not (tmp_path / 'out').exists()
 
 
-def test_dump_without_video_paths_needs_video_root(dump_file, tmp_path):
-    proc = run_visualiser(dump_file, tmp_path / 'out', '--query-ids', '0')
-    assert proc.returncode == 1
-    assert "no 'video_paths'" in proc.stderr and '--video-root' in proc.stderr
+def test_dump_without_video_paths_needs_video_root(dump_file, tmp_path,
+                                                   visualise):
+    message = visualise(dump_file, tmp_path / 'out', '--query-ids', '0')
+    assert "no 'video_paths'" in message and '--video-root' in message
     assert not (tmp_path / 'out').exists()
 
 
@@ -217,13 +237,13 @@ def test_dump_carries_the_video_paths_beside_the_ids(benchmark_run):
 
 
 def test_prepared_benchmark_strips_show_the_videos_frames(benchmark_run,
-                                                          tmp_path):
+                                                          tmp_path, visualise,
+                                                          recwarn):
     num_frames = 3
-    proc = run_visualiser(benchmark_run / 'result.pkl', tmp_path / 'here',
-                          '--query-ids', '0', '--topk', '4', '--frames',
-                          str(num_frames), cwd=benchmark_run)
-    assert proc.returncode == 0, proc.stderr
-    assert 'placeholder' not in proc.stderr
+    assert visualise(benchmark_run / 'result.pkl', tmp_path / 'here',
+                     '--query-ids', '0', '--topk', '4', '--frames',
+                     str(num_frames), cwd=benchmark_run) is None
+    assert not [w for w in recwarn if 'placeholder' in str(w.message)]
 
     dump = vis.load_dump(benchmark_run / 'result.pkl')
     _, rows = vis.query_rows(dump['scores'][0], 0, 4)
@@ -247,11 +267,10 @@ def test_prepared_benchmark_strips_show_the_videos_frames(benchmark_run,
             assert np.delete(errors, frame).min() > 10, (video, errors)
 
     # Drawn from another folder, --video-root re-roots the relative paths.
-    proc = run_visualiser(benchmark_run / 'result.pkl', tmp_path / 'there',
-                          '--query-ids', '0', '--topk', '4', '--frames',
-                          str(num_frames), '--video-root', benchmark_run,
-                          cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr
+    assert visualise(benchmark_run / 'result.pkl', tmp_path / 'there',
+                     '--query-ids', '0', '--topk', '4', '--frames',
+                     str(num_frames), '--video-root', benchmark_run,
+                     cwd=ROOT) is None
     for name in ('query_00000.png', 'overview.png'):
         assert np.array_equal(
             np.asarray(Image.open(tmp_path / 'there' / name)),
@@ -259,7 +278,8 @@ def test_prepared_benchmark_strips_show_the_videos_frames(benchmark_run,
 
 
 def test_old_dump_of_a_prepared_benchmark_is_a_clear_error(benchmark_run,
-                                                           tmp_path):
+                                                           tmp_path,
+                                                           visualise):
     """Before video_paths, --video-root joined with ids that are not paths
     drew grey strips without a word; now the tool stops and says why."""
     with open(benchmark_run / 'result.pkl', 'rb') as f:
@@ -268,12 +288,11 @@ def test_old_dump_of_a_prepared_benchmark_is_a_clear_error(benchmark_run,
     with open(tmp_path / 'old.pkl', 'wb') as f:
         pickle.dump(dump, f)
     videos = benchmark_run / 'data' / 'bench' / 'videos'
-    proc = run_visualiser(tmp_path / 'old.pkl', tmp_path / 'out',
-                          '--video-root', videos, '--query-ids', '0',
-                          cwd=benchmark_run)
-    assert proc.returncode == 1
-    assert f'do not exist: {videos / "video0"}' in proc.stderr
-    assert 'dump it again' in proc.stderr
+    message = visualise(tmp_path / 'old.pkl', tmp_path / 'out',
+                        '--video-root', videos, '--query-ids', '0',
+                        cwd=benchmark_run)
+    assert f'do not exist: {videos / "video0"}' in message
+    assert 'dump it again' in message
     assert not (tmp_path / 'out').exists()
 
 

@@ -1,7 +1,7 @@
 """Measure the costs of text-video retrieval on this machine.
 
     python tools/analysis_tools/benchmark.py --out result.json \
-        [--device cpu|cuda] [--quick] [--sections video text ...] \
+        [--device cpu|cuda] [--quick | --tiny] [--sections video text ...] \
         [--tight-large] [--work-dir DIR]
 
 Sections (medians over repeats after warm-up; ViT-B/32 shapes, 12 frames,
@@ -18,7 +18,9 @@ seeking), ``loose`` (1000 x 1000 scores from frame features per head),
 weights in the same run (transformers' CLIP forward for the towers and a
 training step, the original's full sorts for metrics; OpenCV seeking for
 data). ``--quick`` shrinks every size (about a minute on a CPU; its figures
-are not the benchmark's). Prints each section as it finishes and writes all
+are not the benchmark's); ``--tiny`` runs every section on a tiny random
+CLIP and a few inputs (seconds; the tests run it to check that every section
+still works). Prints each section as it finishes and writes all
 of them to ``--out``.
 """
 import argparse
@@ -36,12 +38,16 @@ from mmclip4clip import benchmark
 SECTIONS = benchmark.SECTIONS
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', required=True, help='result JSON file')
     parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda'))
-    parser.add_argument('--quick', action='store_true',
-                        help='small sizes, to check that it runs')
+    small = parser.add_mutually_exclusive_group()
+    small.add_argument('--quick', action='store_true',
+                       help='small sizes, to check that it runs')
+    small.add_argument('--tiny', action='store_true',
+                       help='a tiny CLIP and a few inputs: checks that '
+                       'every section runs, in seconds')
     parser.add_argument('--sections', nargs='+', choices=SECTIONS,
                         default=list(SECTIONS))
     parser.add_argument('--tight-large', action='store_true',
@@ -49,7 +55,7 @@ def parse_args() -> argparse.Namespace:
                         '(about 15 minutes on 2 CPU cores)')
     parser.add_argument('--work-dir', help='where the generated clips go '
                         '(default: a temporary directory)')
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def machine(device: torch.device) -> dict:
@@ -66,9 +72,10 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise SystemExit('--device cuda, but CUDA is not available')
-    result = dict(machine=machine(device), quick=args.quick)
-    peak = benchmark.matmul_peak_flops(device,
-                                       size=2048 if args.quick else 4096)
+    sizes = 'quick' if args.quick else 'tiny' if args.tiny else 'full'
+    result = dict(machine=machine(device), quick=args.quick, sizes=sizes)
+    peak = benchmark.matmul_peak_flops(
+        device, size=benchmark.SIZES[sizes].matmul_size)
     result['matmul'] = dict(fp32_flops_per_s=peak)
     print(f'matmul: {peak / 1e9:.1f} GFLOP/s (fp32)', flush=True)
     # On a CPU, sections fork from a server that has imported the package
@@ -88,8 +95,7 @@ def main() -> None:
             with ProcessPoolExecutor(1, mp_context=fresh) as pool:
                 result[name] = pool.submit(
                     benchmark.run_section, name, args.device, peak,
-                    args.work_dir or tmp, args.quick,
-                    args.tight_large).result()
+                    args.work_dir or tmp, sizes, args.tight_large).result()
             print(f'{name}: ' + json.dumps(result[name]), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + '\n')
