@@ -35,6 +35,7 @@ from mmclip4clip.models.heads import (
 from mmclip4clip.models.retrievers import CLIP4Clip
 
 from . import baselines
+from .big_batch import big_batch
 from .data_pipeline import data_pipeline
 from .measure import count_flops, median_seconds, peak_memory
 
@@ -331,7 +332,8 @@ _RUNS = dict(
     metrics=lambda dev, peak, work_dir, sizes, large: retrieval_metrics(
         dev, sizes),
     tight=lambda dev, peak, work_dir, sizes, large: tight_scoring(
-        dev, sizes, large))
+        dev, sizes, large),
+    bigbatch=lambda dev, peak, work_dir, sizes, large: big_batch(dev, sizes))
 SECTIONS = tuple(_RUNS)
 
 

@@ -129,13 +129,14 @@ class LossScalingOptimWrapper(GradRecordingOptimWrapper):
 
 
 def build_model(head: str, micro_batch_size: int | None = None,
-                **backbone) -> CLIP4Clip:
-    """The same weights for every micro-batch size."""
+                head_options: dict | None = None, **backbone) -> CLIP4Clip:
+    """The same weights for every micro-batch size (and ``with_cp``)."""
     torch.manual_seed(0)
     cfg = dict(type='CLIP4Clip',
                backbone=dict(type='CLIPBackbone',
                              config=copy.deepcopy(TINY_CLIP), **backbone),
-               head=HEADS[head], micro_batch_size=micro_batch_size)
+               head=dict(HEADS[head], **(head_options or {})),
+               micro_batch_size=micro_batch_size)
     with DefaultScope.overwrite_default_scope('mmclip4clip'):
         model = MODELS.build(cfg).to(DTYPE)
     model.data_preprocessor = Float64Preprocessor()
@@ -236,6 +237,31 @@ def test_a_wrong_micro_batch_gradient_fails_the_check():
     torch.testing.assert_close(got['loss'], expected['loss'])
     with pytest.raises(AssertionError):
         assert_grads_close(got['grads'], expected['grads'])
+
+
+def test_micro_batches_with_activation_checkpointing_equal_one_pass():
+    """``micro_batch_size`` and ``with_cp`` (backbone and seqTransf head)
+    compose: the same loss and gradients as the plain step without
+    checkpointing, and every block of the second pass is checkpointed (3
+    micro-batches, each running the blocks of one plain step)."""
+    from mmclip4clip.models import activation_checkpoint
+
+    expected = recorded_step(build_model('seqTransf'), make_data())
+    calls = []
+    for micro in (None, 2):
+        model = build_model('seqTransf', micro, dict(with_cp=True),
+                            with_cp=True)
+        with mock.patch.object(activation_checkpoint, 'checkpoint',
+                               wraps=activation_checkpoint.checkpoint) as cp:
+            got = recorded_step(model, make_data())
+        calls.append(cp.call_count)
+        torch.testing.assert_close(got['loss'], expected['loss'],
+                                   rtol=1e-12, atol=0.0)
+        assert_grads_close(got['grads'], expected['grads'])
+        assert torch.equal(got['next_random'], expected['next_random'])
+    # Text and image towers (2 blocks each) and the head's 2 blocks; the
+    # no-grad first pass of the micro-batched step checkpoints nothing.
+    assert calls == [6, 3 * 6]
 
 
 @pytest.mark.parametrize('micro', [5, 8])

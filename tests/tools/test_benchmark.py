@@ -11,6 +11,7 @@ import pytest
 
 from mmclip4clip import benchmark
 from mmclip4clip.benchmark import peak_memory
+from mmclip4clip.benchmark.big_batch import BIG_BATCH_SIZES, search_largest
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / 'tools/analysis_tools/benchmark.py'
@@ -69,6 +70,54 @@ def test_tiny_benchmark_runs_every_section(tmp_path):
     assert {run['chunk_size'] for run in result['tight']['runs']} == {128, 2048}
     assert all(run['texts'] * run['videos'] > 128
                for run in result['tight']['runs'])
+    check_big_batch(result['bigbatch'])
+
+
+def check_big_batch(section: dict) -> None:
+    """Every batch plain and in each smaller micro-batch, without and with
+    with_cp; ratios to the plain step of the same batch; the same loss."""
+    sizes = BIG_BATCH_SIZES['tiny']
+    assert section['frames'] == sizes.frames  # on the CPU
+    assert 'largest_batch' not in section  # CUDA only
+    assert 'plain step' in section['comparable']
+    runs = section['runs']
+    assert [(r['batch'], r['with_cp'], r['micro_batch_size']) for r in runs
+            ] == [(b, cp, m) for b in sizes.batches for cp in (False, True)
+                  for m in (None, *[m for m in sizes.micro_batches if m < b])]
+    assert any(r['micro_batch_size'] for r in runs)
+    for run in runs:
+        assert run['out_of_memory'] is False
+        assert positive(run['seconds']) and positive(run['time_ratio'])
+        assert run['loss_diff'] < 1e-5 * run['loss']
+        plain = next(r for r in runs if r['batch'] == run['batch'])
+        assert math.isclose(run['time_ratio'],
+                            run['seconds'] / plain['seconds'])
+        if plain['peak_mib'] > 0:
+            assert math.isclose(run['memory_ratio'],
+                                run['peak_mib'] / plain['peak_mib'])
+        assert math.isclose(run['peak_above_grads_mib'],
+                            run['peak_mib'] - section['grads_mib'])
+    assert runs[0]['time_ratio'] == 1.0 and runs[0]['loss_diff'] == 0.0
+
+
+@pytest.mark.parametrize('fits_up_to,expected', [
+    (100, (96, 104)),  # doubled to 128, bisected to within 8
+    (5000, (4096, None)),  # the limit fits: nothing failed
+    (10, (None, 16)),  # the first batch is too large
+    (16, (16, 24)),
+])
+def test_largest_batch_search(fits_up_to, expected):
+    tried = []
+
+    def try_batch(batch):
+        tried.append(batch)
+        return dict(batch=batch) if batch <= fits_up_to else None
+
+    best, failed = search_largest(try_batch, start=16, limit=4096, step=8)
+    assert (best and best['batch'], failed) == expected
+    assert len(tried) == len(set(tried)) <= 13
+    if failed is not None and best is not None:
+        assert best['batch'] <= fits_up_to < failed <= best['batch'] + 8
 
 
 def test_quick_and_full_runs_keep_vit_b32_shapes(load_tool):
@@ -80,7 +129,8 @@ def test_quick_and_full_runs_keep_vit_b32_shapes(load_tool):
     assert args.quick and not args.tiny
     assert args.sections == list(benchmark.SECTIONS)
     assert set(benchmark.SECTIONS) == {
-        'video', 'text', 'train', 'data', 'loose', 'metrics', 'tight'}
+        'video', 'text', 'train', 'data', 'loose', 'metrics', 'tight',
+        'bigbatch'}
     quick, full = benchmark.QUICK, benchmark.FULL
     assert benchmark.SIZES == dict(full=full, quick=quick,
                                    tiny=benchmark.TINY)
@@ -92,6 +142,15 @@ def test_quick_and_full_runs_keep_vit_b32_shapes(load_tool):
     assert quick.video_batches == (1, 4)
     assert full.video_batches == (1, 4, 16)
     assert quick.repeats == 1 and full.repeats == 3
+    # The big-batch grid: the recipe's global batches on a CPU's few frames.
+    grid = BIG_BATCH_SIZES['full']
+    assert grid.batches == (16, 32, 64) and grid.frames == 2
+    assert set(BIG_BATCH_SIZES) == set(benchmark.SIZES)
+    for name, sizes in BIG_BATCH_SIZES.items():
+        assert all(any(m < b for b in sizes.batches)
+                   for m in sizes.micro_batches), name
+        assert sizes.search_micro_batch >= 1 and (
+            sizes.search_start <= sizes.search_limit), name
     with pytest.raises(SystemExit):
         tool.parse_args(['--quick', '--tiny', '--out', 'x.json'])
 

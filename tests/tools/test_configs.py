@@ -47,6 +47,51 @@ def test_there_is_a_msrvtt_config_per_head_patch_and_arch():
                         '_8xb16-u12-5e_msrvtt-9k-rgb.py') in names
 
 
+# Configs for fewer GPUs inherit a leaf (``_base_ = ['./LEAF.py']``) and
+# change only the batch per GPU, micro_batch_size and with_cp.
+LEAF_BASE = re.compile(r"^_base_ = \['\./([^']+)'\]$", re.M)
+FEW_GPU_CONFIGS = [p for p in CONFIGS if LEAF_BASE.search(p.read_text())]
+GPUS_X_BATCH = re.compile(r'_(\d+)xb(\d+)-')
+
+
+def test_there_are_few_gpu_configs_with_the_papers_batch():
+    names = {p.name for p in FEW_GPU_CONFIGS}
+    for head in ('', '-seqTransf'):
+        for sched, dataset in (('1xb128-u12', 'msrvtt-9k'),
+                               ('2xb64-u12', 'msrvtt-9k'),
+                               ('1xb64-u64', 'activitynet')):
+            assert (f'clip4clip{head}_vit-base-p32-res224-clip-pre_{sched}-5e_'
+                    f'{dataset}-rgb.py') in names
+
+
+@pytest.mark.parametrize('path', FEW_GPU_CONFIGS, ids=lambda p: p.stem)
+def test_few_gpu_config_keeps_its_parents_global_batch_and_recipe(path):
+    parent_path = CONFIG_DIR / LEAF_BASE.search(path.read_text()).group(1)
+    cfg, parent = Config.fromfile(str(path)), Config.fromfile(str(parent_path))
+    gpus, batch = map(int, GPUS_X_BATCH.search(path.name).groups())
+    parent_gpus, parent_batch = map(int, GPUS_X_BATCH.search(
+        parent_path.name).groups())
+    assert cfg.train_dataloader.batch_size == batch
+    assert parent.train_dataloader.batch_size == parent_batch
+    # The paper's global batch, which the learning rates are set for.
+    assert gpus * batch == parent_gpus * parent_batch == (
+        cfg.auto_scale_lr.base_batch_size)
+    assert 1 <= cfg.model.micro_batch_size < batch
+    for key in ('optim_wrapper', 'param_scheduler', 'train_cfg',
+                'auto_scale_lr', 'test_dataloader', 'val_evaluator'):
+        assert cfg[key] == parent[key], key
+    # The model differs in micro_batch_size and with_cp alone.
+    model, parent_model = cfg.model.to_dict(), parent.model.to_dict()
+    model.pop('micro_batch_size')
+    for part in ('backbone', 'head'):
+        model[part].pop('with_cp', None)
+    assert model == parent_model
+    dataset = cfg.train_dataloader.to_dict()
+    dataset.pop('batch_size')
+    assert dataset == {k: v for k, v in parent.train_dataloader.items()
+                       if k != 'batch_size'}
+
+
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: p.stem)
 def test_config_parses_and_its_model_builds(path):
     cfg = Config.fromfile(str(path))
@@ -129,10 +174,12 @@ def local_clip(tmp_path_factory) -> Path:
 def test_one_variable_points_weights_and_tokenizer_at_a_local_copy(
         local_clip, tmp_path):
     # The user's edit: the one ``clip_pretrained`` line of each config.
+    # A config inheriting a leaf takes the leaf's (both copied side by side).
     copies = []
     for path in PRETRAINED_CONFIGS:
         text = path.read_text()
-        assert len(CLIP_PRETRAINED_LINE.findall(text)) == 1, path.name
+        lines = 0 if path in FEW_GPU_CONFIGS else 1
+        assert len(CLIP_PRETRAINED_LINE.findall(text)) == lines, path.name
         text = CLIP_PRETRAINED_LINE.sub(
             f'clip_pretrained = {str(local_clip)!r}', text)
         text = text.replace("'_base_/", repr(f'{CONFIG_DIR}/_base_/')[:-1])

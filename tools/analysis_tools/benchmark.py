@@ -13,7 +13,11 @@ batch 4), ``data`` (decode + sample + resize, 0/1/2 workers, vs OpenCV
 seeking), ``loose`` (1000 x 1000 scores from frame features per head),
 ``metrics`` (exact ranks, N = 1k..100k, time and peak memory), ``tight``
 (tightTransf 100 x 100 pairs at two chunk sizes; ``--tight-large`` adds
-1000 x 1000). Each section runs in a fresh process. Beside ours,
+1000 x 1000), ``bigbatch`` (seqTransf steps at global batch 16/32/64,
+plain and in micro-batches of 4/8/16, without and with ``with_cp``: time
+and peak memory as ratios to the plain step; on a CPU 2 frames per video;
+on CUDA also the largest batch of 12-frame videos that fits, plain and
+micro-batched with ``with_cp``). Each section runs in a fresh process. Beside ours,
 ``baseline`` entries time the earlier implementations' way on the same
 weights in the same run (transformers' CLIP forward for the towers and a
 training step, the original's full sorts for metrics; OpenCV seeking for
