@@ -59,7 +59,10 @@ BIG_BATCH_SIZES = dict(
 
 COMPARABLE = ('memory_ratio, peak_above_grads_ratio and time_ratio compare '
               'a step with the plain step (no micro-batches, no with_cp) of '
-              'the same batch in the same run; peak_mib and seconds are '
+              'the same batch in the same run; time_vs_micro_steps and '
+              'memory_vs_micro_step compare a micro-batched step with '
+              'ceil(batch / m) plain steps of its micro-batch m (same '
+              'with_cp) and with the peak of one; peak_mib and seconds are '
               'this machine\'s at these shapes (on a CPU: fewer frames than '
               'the recipe\'s 12), not comparable with other sizes')
 
@@ -156,6 +159,17 @@ def step_grid(sizes, device: torch.device) -> dict:
     grads_mib = sum(p.numel() * p.element_size()
                     for p in models[False][0].parameters()
                     if p.requires_grad) / 2**20
+    # The plain step of each micro-batch size: what a micro-batched step is
+    # held against (k = ceil(batch / m) of them do the same tower work).
+    micro_steps = {}
+    for with_cp in (False, True):
+        model, wrapper = models[with_cp]
+        for micro in bb.micro_batches:
+            if micro < max(bb.batches):
+                micro_steps[micro, with_cp] = measured_step(
+                    model, wrapper, make_batch(micro, frames,
+                                               sizes.image_size, device),
+                    None, device)
     rows = []
     for batch in bb.batches:
         data = make_batch(batch, frames, sizes.image_size, device)
@@ -183,11 +197,23 @@ def step_grid(sizes, device: torch.device) -> dict:
                             row['peak_above_grads_mib'],
                             plain['peak_above_grads_mib']),
                         loss_diff=abs(row['loss'] - plain['loss']))
+                own = micro_steps.get((micro, with_cp))
+                if own is not None:
+                    # Against the micro-batch's own plain step: time of
+                    # ceil(batch / m) such steps, and its peak.
+                    row.update(
+                        time_vs_micro_steps=row['seconds'] / (
+                            -(-batch // micro) * own['seconds']),
+                        memory_vs_micro_step=_ratio(row['peak_mib'],
+                                                    own['peak_mib']))
                 rows.append(row)
         del data
     return dict(head='SeqTransfHead', frames=frames,
                 image_size=sizes.image_size, grads_mib=grads_mib,
-                comparable=COMPARABLE, runs=rows)
+                comparable=COMPARABLE, runs=rows,
+                micro_steps=[dict(micro_batch_size=m, with_cp=cp, **step)
+                             for (m, cp), step in micro_steps.items()
+                             if step is not None])
 
 
 def _fits(model: CLIP4Clip, wrapper: OptimWrapper, batch: int, frames: int,

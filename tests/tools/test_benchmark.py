@@ -98,6 +98,22 @@ def check_big_batch(section: dict) -> None:
         assert math.isclose(run['peak_above_grads_mib'],
                             run['peak_mib'] - section['grads_mib'])
     assert runs[0]['time_ratio'] == 1.0 and runs[0]['loss_diff'] == 0.0
+    # Micro-batched steps against the plain steps of their micro-batch.
+    own = {(s['micro_batch_size'], s['with_cp']): s
+           for s in section['micro_steps']}
+    assert set(own) == {(m, cp) for m in sizes.micro_batches
+                        for cp in (False, True)}
+    for run in runs:
+        if run['micro_batch_size'] is None:
+            assert 'time_vs_micro_steps' not in run
+            continue
+        step = own[run['micro_batch_size'], run['with_cp']]
+        k = math.ceil(run['batch'] / run['micro_batch_size'])
+        assert math.isclose(run['time_vs_micro_steps'],
+                            run['seconds'] / (k * step['seconds']))
+        if step['peak_mib'] > 0:
+            assert math.isclose(run['memory_vs_micro_step'],
+                                run['peak_mib'] / step['peak_mib'])
 
 
 @pytest.mark.parametrize('fits_up_to,expected', [
