@@ -18,6 +18,7 @@ from mmengine.runner import TestLoop, ValLoop, autocast
 from mmengine.structures import BaseDataElement
 from torch import Tensor
 
+from mmclip4clip.evaluation.functional import once_each
 from mmclip4clip.evaluation.scores import EmbeddingScores
 from mmclip4clip.registry import LOOPS
 
@@ -27,8 +28,7 @@ def gather_predictions(
     """All processes' predictions, each dataset sample once, in order."""
     if get_world_size() > 1:
         samples = [s for part in all_gather_object(samples) for s in part]
-    unique = {int(s.sample_idx): s for s in reversed(samples)}
-    return [unique[i] for i in sorted(unique)]
+    return once_each(samples, lambda sample: int(sample.sample_idx))
 
 
 def build_scores(model, text_emb: Tensor, video_emb: Tensor,

@@ -9,6 +9,9 @@ score matrix, which need not even exist: :class:`EmbeddingScores` computes
 each block from the embeddings. A NaN or inf
 score is an error that names the query, never a silently dropped row.
 """
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -304,3 +307,11 @@ def querybank_norm(scores: Tensor, bank: Tensor, beta: float,
     log_norm = torch.logsumexp(bank * beta, dim=0)  # [M]
     inverted = scores * beta - log_norm  # [N, M]
     return torch.where(normalise[:, None], inverted, scores)
+
+
+def once_each(items: list, index: Callable[[Any], int]) -> list:
+    """``items`` with each ``index(item)`` kept once (its first occurrence),
+    in index order: the dataset samples of an evaluation, without the
+    repeats a distributed sampler adds to even out the shards."""
+    unique = {index(item): item for item in reversed(items)}
+    return [unique[i] for i in sorted(unique)]

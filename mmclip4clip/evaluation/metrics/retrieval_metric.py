@@ -22,6 +22,7 @@ from mmclip4clip.utils import atomic_write
 
 from ..functional import (
     dual_softmax,
+    once_each,
     querybank_norm,
     rank_metrics,
     retrieval_ranks,
@@ -153,8 +154,7 @@ def _samples_to_result(entries: list[dict]) -> dict:
         raise ValueError(f'RetrievalMetric: {with_idx} of {len(entries)} '
                          "data samples carry 'sample_idx'; all or none must")
     if with_idx:
-        unique = {entry['sample_idx']: entry for entry in reversed(entries)}
-        entries = [unique[i] for i in sorted(unique)]
+        entries = once_each(entries, lambda entry: entry['sample_idx'])
     dims = {entry['video'].shape[0] for entry in entries}
     if len(dims) > 1:
         raise ValueError(f'RetrievalMetric: data samples of different '
