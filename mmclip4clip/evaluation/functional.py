@@ -5,9 +5,10 @@ truth``: ties do not push the ground truth down, and every query counts once,
 so R@K always divides by the number of queries. Ranks are counted with a
 comparison, never a sort, over blocks of caption rows, both directions in one
 pass, so memory stays at ``block_size x candidates`` whatever the size of the
-score matrix, which need not even exist: :class:`EmbeddingScores` computes
-each block from the embeddings. A NaN or inf
-score is an error that names the query, never a silently dropped row.
+score matrix, which need not even exist: a :class:`~.scores.Scores` (e.g. the
+loose heads' :class:`~.scores.EmbeddingScores`) computes each tile when it is
+ranked, and a plain tensor is wrapped as one at the entry. A NaN or inf score
+is an error that names the query, never a silently dropped row.
 """
 from collections.abc import Callable
 from typing import Any
@@ -16,11 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .scores import EmbeddingScores, row_tiles, score_tile
+from .scores import Scores, as_scores
 
 # Default tile of the score matrix ranked at once, (caption rows, columns):
 # cache-sized on the CPU; larger on a GPU, where every tile costs a few
-# kernel launches (100k x 100k: 2.3 s with CPU-sized tiles, 0.5 s with these).
+# kernel launches.
 TILE_SIZES = {'cpu': (1024, 1024), 'cuda': (4096, 8192)}
 
 
@@ -28,7 +29,8 @@ def _tile_size(device: torch.device) -> tuple[int, int]:
     return TILE_SIZES.get(device.type, TILE_SIZES['cpu'])
 
 
-def _check_scores(scores: Tensor | EmbeddingScores) -> None:
+def _check_matrix(scores: Tensor) -> None:
+    """A 2-d float tensor (the whole-matrix functions: QB-Norm)."""
     if scores.dim() != 2:
         raise ValueError(
             f'scores must be a 2-d [N_text, M_video] tensor, got shape '
@@ -50,25 +52,11 @@ def _check_index(index: Tensor, name: str, length: int, high: int) -> None:
             f'outside [0, {high})')
 
 
-def _check_finite(scores: Tensor | EmbeddingScores) -> None:
-    """Name the first NaN/inf score (or embedding) as an error."""
-    if isinstance(scores, EmbeddingScores):
-        for name, emb in (('caption', scores.text), ('video', scores.video)):
-            bad = ~torch.isfinite(emb).all(dim=1)
-            if bool(bad.any()):
-                i = int(bad.nonzero()[0, 0])
-                raise ValueError(f'{name} embedding {i} contains NaN/inf, so '
-                                 f'its scores (query {i}) would too')
-        return
-    rows = _tile_size(scores.device)[0]
-    for start in range(0, scores.shape[0], rows):  # bounded memory
-        bad = ~torch.isfinite(scores[start:start + rows])
-        if bool(bad.any()):
-            row, col = bad.nonzero()[0].tolist()
-            row += start
-            raise ValueError(
-                f'score matrix row {row} (query {row}), column {col} (video '
-                f'query {col}) contains NaN/inf')
+def _rows_per_block(scores: Scores, block_size: int | None) -> int:
+    rows = block_size or _tile_size(scores.device)[0]
+    if rows < 1:
+        raise ValueError(f'block_size must be >= 1, got {block_size}')
+    return rows
 
 
 def _count_above(scores: Tensor, threshold: Tensor, dim: int) -> Tensor:
@@ -95,11 +83,29 @@ def _beaten(tile: Tensor, own: Tensor, segment: Tensor,
     return (hits > 0).sum(dim=0)
 
 
-def _ranks(scores: Tensor | EmbeddingScores, index: Tensor,
-           block_size: int | None, video_to_text: bool,
-           index_name: str = 'text_video_index'
-           ) -> tuple[Tensor, Tensor | None]:
-    """t2v ranks and, if asked, v2t ranks (see :func:`retrieval_ranks`).
+def _t2v_ranks(scores: Scores, gt: Tensor, block_size: int | None
+               ) -> Tensor:
+    """Ranks of each row's ``gt`` column over whole rows, ``block_size``
+    rows at a time (no video structure: see :func:`t2v_ranks`)."""
+    num_texts, num_videos = scores.shape
+    rows_per_block = _rows_per_block(scores, block_size)
+    _check_index(gt, 'gt', num_texts, num_videos)
+    scores.check_finite()
+    device = scores.device
+    gt = gt.to(device=device, dtype=torch.long)
+    above_gt = torch.zeros(num_texts, dtype=torch.long, device=device)
+    for start in range(0, num_texts, rows_per_block):
+        rows = torch.arange(start, min(start + rows_per_block, num_texts),
+                            device=device)
+        block = scores.row_tiles(rows)(0, num_videos)  # [B, M]
+        own = block[torch.arange(len(rows), device=device), gt[rows]]
+        above_gt[rows] = _count_above(block, own[:, None], 1)
+    return 1 + above_gt
+
+
+def _both_ranks(scores: Scores, index: Tensor, block_size: int | None
+                ) -> tuple[Tensor, Tensor]:
+    """t2v and v2t ranks (see :func:`retrieval_ranks`).
 
     Caption rows are taken in blocks holding whole videos. Phase 1 computes
     each block's own columns (its videos), which give every caption's
@@ -110,26 +116,14 @@ def _ranks(scores: Tensor | EmbeddingScores, index: Tensor,
     tiles make up, and a tile never outgrows ``block_size`` x 1024 floats
     (8192 on a GPU).
     """
-    _check_scores(scores)
     num_texts, num_videos = scores.shape
-    block_rows, tile_columns = _tile_size(scores.device)
-    rows_per_block = block_size or block_rows
-    if rows_per_block < 1:
-        raise ValueError(f'block_size must be >= 1, got {block_size}')
-    _check_index(index, index_name, num_texts, num_videos)
-    _check_finite(scores)
+    rows_per_block = _rows_per_block(scores, block_size)
+    tile_columns = _tile_size(scores.device)[1]
+    _check_index(index, 'text_video_index', num_texts, num_videos)
+    scores.check_finite()
     device = scores.device
     index = index.to(device=device, dtype=torch.long)
     above_gt = torch.zeros(num_texts, dtype=torch.long, device=device)
-    if not video_to_text:  # whole rows per block, no video structure
-        for start in range(0, num_texts, rows_per_block):
-            rows = torch.arange(start, min(start + rows_per_block, num_texts),
-                                device=device)
-            block = score_tile(scores, rows, 0, num_videos)  # [B, M]
-            gt = block[torch.arange(len(rows), device=device), index[rows]]
-            above_gt[rows] = _count_above(block, gt[:, None], 1)
-        return 1 + above_gt, None
-
     captions_per_video = torch.bincount(index, minlength=num_videos)
     if not bool((captions_per_video > 0).all()):
         video = int((captions_per_video == 0).nonzero()[0, 0])
@@ -158,7 +152,7 @@ def _ranks(scores: Tensor | EmbeddingScores, index: Tensor,
         segment = torch.repeat_interleave(
             torch.arange(last - first + 1, device=device), per_video)
         segments.append(segment)
-        tile = score_tile(scores, rows, first, last + 1)  # [B, V]
+        tile = scores.row_tiles(rows)(first, last + 1)  # [B, V]
         block_gt = tile[torch.arange(len(rows), device=device),
                         index[rows] - first]
         gt[rows] = block_gt
@@ -174,7 +168,7 @@ def _ranks(scores: Tensor | EmbeddingScores, index: Tensor,
         rows = order[start:stop]  # phase 2: all other columns, in tiles
         first, last = int(sorted_index[start]), int(sorted_index[stop - 1])
         block_gt = gt[rows, None]
-        tiles = row_tiles(scores, rows)
+        tiles = scores.row_tiles(rows)
         for lo, hi in _column_tiles(num_videos, first, last + 1,
                                     tile_columns):
             tile = tiles(lo, hi)  # [B, C]
@@ -194,13 +188,13 @@ def _column_tiles(num_columns: int, skip_start: int, skip_stop: int,
     return tiles
 
 
-def retrieval_ranks(scores: Tensor | EmbeddingScores, text_video_index: Tensor,
+def retrieval_ranks(scores: Tensor | Scores, text_video_index: Tensor,
                     block_size: int | None = None) -> tuple[Tensor, Tensor]:
     """Text-to-video and video-to-text ranks in one pass over the scores.
 
     Args:
         scores: [N_text, M_video] float scores (rows = captions), a tensor or
-            an :class:`EmbeddingScores` computed block by block.
+            a :class:`~.scores.Scores` computed tile by tile.
         text_video_index: [N_text] column of each caption's video.
         block_size: caption rows compared at once (rounded up to whole
             videos), against at most 1024 columns at a time (8192 on a GPU);
@@ -211,10 +205,10 @@ def retrieval_ranks(scores: Tensor | EmbeddingScores, text_video_index: Tensor,
         ranks [M_video] (``1 + #{k : V[j, k] > V[j, j]}`` with
         ``V[j, k] = max over captions c of video k of S[c, j]``), long.
     """
-    return _ranks(scores, text_video_index, block_size, True)
+    return _both_ranks(as_scores(scores), text_video_index, block_size)
 
 
-def t2v_ranks(scores: Tensor | EmbeddingScores, gt: Tensor,
+def t2v_ranks(scores: Tensor | Scores, gt: Tensor,
               block_size: int | None = None) -> Tensor:
     """Rank of each query's ground-truth candidate (1 = best).
 
@@ -226,10 +220,10 @@ def t2v_ranks(scores: Tensor | EmbeddingScores, gt: Tensor,
     Returns:
         [N] long ranks, ``1 + #{j : S[i, j] > S[i, gt[i]]}``.
     """
-    return _ranks(scores, gt, block_size, False, 'gt')[0]
+    return _t2v_ranks(as_scores(scores), gt, block_size)
 
 
-def v2t_ranks(scores: Tensor | EmbeddingScores, text_video_index: Tensor,
+def v2t_ranks(scores: Tensor | Scores, text_video_index: Tensor,
               block_size: int | None = None) -> Tensor:
     """Rank of each video's own captions among all videos (video-to-text).
 
@@ -243,7 +237,7 @@ def v2t_ranks(scores: Tensor | EmbeddingScores, text_video_index: Tensor,
     Returns:
         [M_video] long ranks, ``1 + #{k : V[j, k] > V[j, j]}``.
     """
-    return _ranks(scores, text_video_index, block_size, True)[1]
+    return _both_ranks(as_scores(scores), text_video_index, block_size)[1]
 
 
 def rank_metrics(ranks: Tensor) -> dict[str, float]:
@@ -291,8 +285,8 @@ def querybank_norm(scores: Tensor, bank: Tensor, beta: float,
     Returns:
         [N, M] float scores, ranked row by row like ``scores``.
     """
-    _check_scores(scores)
-    _check_scores(bank)
+    _check_matrix(scores)
+    _check_matrix(bank)
     if bank.shape[1] != scores.shape[1]:
         raise ValueError(
             f'bank has {bank.shape[1]} gallery columns, scores has '

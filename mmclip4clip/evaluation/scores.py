@@ -1,25 +1,82 @@
-"""Score matrices that are computed block by block instead of held whole.
+"""Text x video score matrices that are computed tile by tile.
 
-A loose head's score matrix is ``scale * T @ V.T`` for unit text and video
-embeddings. At 100k captions x 100k videos it would take 40 GB in float32,
-so the retrieval metric ranks it from the embeddings, a block of rows at a
-time: :class:`EmbeddingScores` stands in for the matrix wherever a score
-tensor is accepted (``shape``, ``rows``, ``full``).
+Every retrieval score matrix (rows = captions, columns = videos) is a
+:class:`Scores`: it says its ``shape``, ``device`` and ``dtype``, computes
+the tiles of a block of rows on demand (:meth:`Scores.row_tiles`, what the
+ranker reads), the whole matrix only when asked (:meth:`Scores.full`), and
+checks its values are finite, naming the caption, video or pair at fault.
+How the scores are made is the head's business:
+
+- :class:`EmbeddingScores`: the loose heads' ``scale * T @ V.T`` from unit
+  text and video embeddings; at 100k x 100k the matrix would take 40 GB in
+  float32, its tiles take a block of rows;
+- :class:`PairScores`: the tight head's pair logits, one cross-encoder pass
+  per (caption, video) pair of a tile;
+- :class:`DenseScores`: a matrix already held, e.g. one a user passes to the
+  metric (wrapped once, at the entry, by :func:`as_scores`).
+
+The module depends on torch only, so models and evaluation both import it.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 
 import torch
 from torch import Tensor
 
+#: ``(start, stop) -> scores[rows, start:stop]`` for one block of rows.
+RowTiles = Callable[[int, int], Tensor]
 
-class EmbeddingScores:
+
+class Scores:
+    """A lazy [N_text, M_video] score matrix (see the module docstring)."""
+
+    @property
+    def shape(self) -> torch.Size:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        raise NotImplementedError
+
+    @property
+    def dtype(self) -> torch.dtype:
+        raise NotImplementedError
+
+    def row_tiles(self, rows: Tensor) -> RowTiles:
+        """Tiles of the rows ``rows`` ([B] long on :attr:`device`):
+        ``(start, stop) -> [B, stop - start]``; whatever the rows share
+        is prepared once for all their tiles."""
+        raise NotImplementedError
+
+    def full(self) -> Tensor:
+        """The whole [N, M] matrix (N x M values of memory)."""
+        raise NotImplementedError
+
+    def check_finite(self) -> None:
+        """Raise ValueError naming the first caption, video or pair whose
+        score is NaN or inf, where it can be told without computing the
+        tiles (a lazy kind checks each tile as it is computed instead)."""
+
+    def rows(self, index: Tensor) -> Tensor:
+        """Rows ``index`` of the matrix: [len(index), M]."""
+        return self.row_tiles(index)(0, self.shape[1])
+
+
+def _first_bad_row(values: Tensor) -> int | None:
+    """Index of the first row of ``values`` [K, ...] holding a NaN/inf."""
+    bad = ~torch.isfinite(values.flatten(1)).all(dim=1)
+    return int(bad.nonzero()[0, 0]) if bool(bad.any()) else None
+
+
+class EmbeddingScores(Scores):
     """The [N, M] matrix ``scale * text @ video.T``, computed on demand.
 
-    The scale multiplies the text embeddings once, as the model's
-    ``similarity`` does (``(scale * text) @ video.T``), so an entry is one
-    dot product and no pass over the scores is spent on scaling.
+    The scale multiplies the text embeddings once (``(scale * text) @
+    video.T``), so an entry is one dot product and no pass over the scores
+    is spent on scaling. A tensor ``scale`` stays in the autograd graph (the
+    training loss learns CLIP's ``logit_scale`` through it).
 
     Args:
         text: [N, D] text embeddings (rows of the matrix).
@@ -28,12 +85,15 @@ class EmbeddingScores:
             ``logit_scale.exp()``); ranks do not depend on it, DSL does.
     """
 
-    def __init__(self, text: Tensor, video: Tensor, scale: float = 1.0) -> None:
+    def __init__(self, text: Tensor, video: Tensor,
+                 scale: float | Tensor = 1.0) -> None:
         if text.dim() != 2 or video.dim() != 2 or text.shape[1] != video.shape[1]:
             raise ValueError(
                 'EmbeddingScores needs [N, D] text and [M, D] video '
                 f'embeddings, got {tuple(text.shape)} and {tuple(video.shape)}')
-        self.text = text * float(scale)  # [N, D], scaled once
+        if not isinstance(scale, Tensor):
+            scale = float(scale)
+        self.text = text * scale  # [N, D], scaled once
         self.video = video
 
     @property
@@ -48,44 +108,162 @@ class EmbeddingScores:
     def device(self) -> torch.device:
         return self.text.device
 
-    def dim(self) -> int:
-        return 2
-
-    def is_floating_point(self) -> bool:
-        return self.text.is_floating_point()
-
-    def rows(self, index: Tensor) -> Tensor:
-        """Rows ``index`` of the matrix: [len(index), M]."""
-        return self.text[index] @ self.video.T
-
-    def tile(self, rows: Tensor, start: int, stop: int) -> Tensor:
-        """Rows ``rows`` and columns ``start:stop``: [len(rows), stop - start]."""
-        return self.text[rows] @ self.video[start:stop].T
+    def row_tiles(self, rows: Tensor) -> RowTiles:
+        text = self.text[rows]  # [B, D], gathered once for all tiles
+        return lambda start, stop: text @ self.video[start:stop].T
 
     def full(self) -> Tensor:
-        """The whole [N, M] matrix (N x M floats of memory)."""
-        return self.rows(torch.arange(self.shape[0], device=self.device))
+        return self.text @ self.video.T
+
+    def check_finite(self) -> None:
+        for name, emb in (('caption', self.text), ('video', self.video)):
+            i = _first_bad_row(emb)
+            if i is not None:
+                raise ValueError(f'{name} embedding {i} contains NaN/inf, so '
+                                 f'its scores (query {i}) would too')
 
 
-def score_tile(scores: Tensor | EmbeddingScores, rows: Tensor, start: int,
-               stop: int) -> Tensor:
-    """Rows ``rows``, columns ``start:stop`` of a score tensor or
-    :class:`EmbeddingScores`."""
-    return row_tiles(scores, rows)(start, stop)
+class DenseScores(Scores):
+    """A score matrix held in memory, as a :class:`Scores`.
+
+    Args:
+        matrix: [N, M] float scores, rows = captions.
+    """
+
+    def __init__(self, matrix: Tensor) -> None:
+        if matrix.dim() != 2:
+            raise ValueError(
+                f'scores must be a 2-d [N_text, M_video] tensor, got shape '
+                f'{tuple(matrix.shape)}')
+        if not matrix.is_floating_point():
+            raise ValueError(f'scores must be a float tensor, got {matrix.dtype}')
+        self.matrix = matrix
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.matrix.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.matrix.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.matrix.device
+
+    def row_tiles(self, rows: Tensor) -> RowTiles:
+        return lambda start, stop: self.matrix[:, start:stop][rows]
+
+    def full(self) -> Tensor:
+        return self.matrix
+
+    def check_finite(self) -> None:
+        step = 1024  # rows at a time: bounded memory
+        for start in range(0, self.shape[0], step):
+            bad = ~torch.isfinite(self.matrix[start:start + step])
+            if bool(bad.any()):
+                row, col = bad.nonzero()[0].tolist()
+                row += start
+                raise ValueError(
+                    f'score matrix row {row} (query {row}), column {col} '
+                    f'(video query {col}) contains NaN/inf')
 
 
-def row_tiles(scores: Tensor | EmbeddingScores,
-              rows: Tensor) -> Callable[[int, int], Tensor]:
-    """``(start, stop) -> scores[rows, start:stop]`` for one block of rows;
-    the rows' text embeddings are gathered once for all its tiles."""
-    if isinstance(scores, EmbeddingScores):
-        text = scores.text[rows]  # [B, D]
-        return lambda start, stop: text @ scores.video[start:stop].T
-    return lambda start, stop: scores[:, start:stop][rows]
+#: ``(text [B, D], frames [C, T, D], frame_mask [C, T]) -> [B, C]`` logits.
+PairLogits = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
-def full_scores(scores: Tensor | EmbeddingScores) -> Tensor:
-    """The whole matrix as a tensor (materialised for EmbeddingScores)."""
-    if isinstance(scores, EmbeddingScores):
-        return scores.full()
-    return scores
+class PairScores(Scores):
+    """Logits of every (caption, video) pair from a pair scorer (the tight
+    head's cross-encoder), computed tile by tile.
+
+    A tile runs under the grad mode and autocast settings of the moment the
+    object was made (e.g. the evaluation loop's ``no_grad`` and fp16), so a
+    later caller (the metric) computes the same numbers. Tiles are returned
+    in the dtype of ``text``; each is checked to be finite as it is
+    computed (a NaN/inf names its caption and video).
+
+    Args:
+        pair_logits: the scorer (the head's ``pair_logits``).
+        text: [N, D] text features.
+        frames: [M, T, D] frame features of the videos.
+        frame_mask: [M, T] their masks (1 = real frame).
+    """
+
+    def __init__(self, pair_logits: PairLogits, text: Tensor, frames: Tensor,
+                 frame_mask: Tensor) -> None:
+        if (text.dim() != 2 or frames.dim() != 3
+                or frames.shape[-1] != text.shape[-1]
+                or tuple(frame_mask.shape) != tuple(frames.shape[:2])):
+            raise ValueError(
+                'PairScores needs [N, D] text, [M, T, D] frame features and '
+                f'an [M, T] frame mask, got {tuple(text.shape)}, '
+                f'{tuple(frames.shape)} and {tuple(frame_mask.shape)}')
+        self.pair_logits = pair_logits
+        self.text, self.frames, self.frame_mask = text, frames, frame_mask
+        self._grad = torch.is_grad_enabled()
+        kind = text.device.type
+        self._autocast = (kind, torch.get_autocast_dtype(kind)) \
+            if torch.is_autocast_enabled(kind) else None
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.text.shape[0], self.frames.shape[0]))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.text.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.text.device
+
+    def _logits(self, text: Tensor, start: int, stop: int) -> Tensor:
+        with ExitStack() as stack:
+            if torch.is_grad_enabled() != self._grad:
+                stack.enter_context(torch.set_grad_enabled(self._grad))
+            kind = self.device.type
+            now = (kind, torch.get_autocast_dtype(kind)) \
+                if torch.is_autocast_enabled(kind) else None
+            if now != self._autocast:
+                stack.enter_context(
+                    torch.autocast(kind, enabled=False) if self._autocast is None
+                    else torch.autocast(kind, self._autocast[1]))
+            return self.pair_logits(text, self.frames[start:stop],
+                                    self.frame_mask[start:stop]).to(self.dtype)
+
+    def row_tiles(self, rows: Tensor) -> RowTiles:
+        text = self.text[rows]  # [B, D]
+
+        def tile(start: int, stop: int) -> Tensor:
+            logits = self._logits(text, start, stop)  # [B, stop - start]
+            bad = ~torch.isfinite(logits)
+            if bool(bad.any()):
+                row, col = bad.nonzero()[0].tolist()
+                raise ValueError(
+                    f'the pair logit of caption {int(rows[row])} and video '
+                    f'{start + col} is NaN/inf')
+            return logits
+
+        return tile
+
+    def full(self) -> Tensor:
+        return self._logits(self.text, 0, self.shape[1])
+
+    def check_finite(self) -> None:
+        for name, values in (('caption', self.text), ('video', self.frames)):
+            i = _first_bad_row(values)
+            if i is not None:
+                raise ValueError(f'{name} features {i} contain NaN/inf, so '
+                                 f'its pair logits (query {i}) would too')
+
+
+def as_scores(scores: Tensor | Scores) -> Scores:
+    """``scores`` as a :class:`Scores`; a tensor is wrapped (and checked to
+    be a 2-d float matrix) as :class:`DenseScores`."""
+    if isinstance(scores, Scores):
+        return scores
+    if not isinstance(scores, Tensor):
+        raise ValueError('scores must be a 2-d float Tensor [N_text, '
+                         f'M_video] or a Scores, got {type(scores)}')
+    return DenseScores(scores)

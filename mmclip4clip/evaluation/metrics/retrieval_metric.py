@@ -27,7 +27,7 @@ from ..functional import (
     rank_metrics,
     retrieval_ranks,
 )
-from ..scores import EmbeddingScores, full_scores
+from ..scores import EmbeddingScores, Scores, as_scores
 
 METRIC_NAMES = ('R1', 'R5', 'R10', 'MdR', 'MnR')
 
@@ -190,11 +190,12 @@ class RetrievalMetric(BaseMetric):
        ``RetrievalTestLoop``, which encode the whole test set once and call
        ``process`` once with a single dict:
 
-       - ``scores``: float Tensor [N_text, M_video], rows = captions, or an
-         :class:`EmbeddingScores` (the loose heads' ``scale * T @ V.T``),
-         which is ranked block by block without ever holding the whole
-         matrix; DSL, QB-Norm and ``dump_file`` need the whole matrix and
-         compute it.
+       - ``scores``: float Tensor [N_text, M_video], rows = captions, or a
+         :class:`~mmclip4clip.evaluation.scores.Scores` (the model's
+         ``scores``: the loose heads' ``scale * T @ V.T``, the tight head's
+         pair logits), which is ranked tile by tile without ever holding
+         the whole matrix; DSL, QB-Norm and ``dump_file`` need the whole
+         matrix and compute it.
        - ``text_video_index``: long Tensor [N_text], column of each caption's
          video.
        - ``video_ids``: list of M_video str.
@@ -305,11 +306,14 @@ class RetrievalMetric(BaseMetric):
         if missing:
             raise ValueError(f'RetrievalMetric result is missing keys {missing}')
         scores = result['scores']
-        if (not isinstance(scores, (Tensor, EmbeddingScores))
-                or scores.dim() != 2 or not scores.is_floating_point()):
+        if not isinstance(scores, Scores) and (
+                not isinstance(scores, Tensor) or scores.dim() != 2
+                or not scores.is_floating_point()):
             raise ValueError(
                 "'scores' must be a 2-d float Tensor [N_text, M_video], got "
                 f'{getattr(scores, "shape", type(scores))}')
+        scores = as_scores(scores.detach() if isinstance(scores, Tensor)
+                           else scores)
         num_texts, num_videos = scores.shape
         index = result['text_video_index']
         if (not isinstance(index, Tensor) or index.is_floating_point()
@@ -335,8 +339,7 @@ class RetrievalMetric(BaseMetric):
                 f"'captions' has {len(result['captions'])} entries, but "
                 f"'scores' has {num_texts} caption rows")
         checked = {
-            'scores': scores if isinstance(scores, EmbeddingScores) else
-            scores.detach(),
+            'scores': scores,
             'text_video_index': index.detach().long(),
             'video_ids': list(result['video_ids']),
             'captions': list(result['captions']),
@@ -359,7 +362,7 @@ class RetrievalMetric(BaseMetric):
                 'RetrievalMetric expects exactly one result (the whole test '
                 f'set, from a single process() call), got {len(results)}')
         result = results[0]
-        scores = result['scores']  # [N, M]
+        scores = result['scores']  # Scores [N, M]
         index = result['text_video_index']  # [N]
 
         bs = self.block_size
@@ -367,7 +370,7 @@ class RetrievalMetric(BaseMetric):
                 or self.qb_beta is not None):
             # These need the whole matrix; rank that same matrix, so the
             # dumped ranks are exactly those of the dumped scores.
-            scores = full_scores(scores)
+            scores = scores.full()
         ranks = dict(zip(('t2v_ranks', 'v2t_ranks'),
                          retrieval_ranks(scores, index, bs), strict=True))
         metrics = _both_directions(ranks['t2v_ranks'], ranks['v2t_ranks'],
