@@ -75,7 +75,7 @@ def text_settings(cfg: Config) -> tuple[str, int]:
 
 
 def _check_loose(model: torch.nn.Module) -> None:
-    if model.pairwise:
+    if not model.embeds_videos:
         raise ValueError(
             'the tight head (tightTransf) scores (text, video) pairs and has '
             'no per-video embedding to index; use a loose head (meanP, '
@@ -273,8 +273,9 @@ def tight_scores(model: torch.nn.Module, cfg: Config, query: str,
     The cross-encoder needs every (text, video) pair, so it re-ranks a short
     list from a loose index instead of scoring a whole collection.
     """
-    if not model.pairwise:
-        raise ValueError('tight_scores needs a tightTransf model')
+    if model.embeds_videos:
+        raise ValueError('tight_scores needs a tightTransf model (a loose '
+                         'model\'s scores are its index\'s)')
     tokenizer_path, max_words = text_settings(cfg)
     ids, mask = tokenize(load_tokenizer(tokenizer_path), [query], max_words)
     device = next(model.parameters()).device
@@ -292,7 +293,7 @@ def tight_scores(model: torch.nn.Module, cfg: Config, query: str,
             frame_mask=torch.stack([s['frame_mask'] for s in good]))))
         inputs = data['inputs']
         frames = model.encode_video(inputs['frames'], inputs['frame_mask'])
-        logits = model.similarity(text, frames, inputs['frame_mask'])[0]
+        logits = model.scores(text, frames, inputs['frame_mask']).full()[0]
         for sample, logit in zip(good, logits.float().cpu().tolist(),
                                  strict=True):
             if not np.isfinite(logit):

@@ -230,7 +230,8 @@ def _loose_scores(head: torch.nn.Module, text: torch.Tensor,
                   frames: torch.Tensor, mask: torch.Tensor,
                   scale: float) -> torch.Tensor:
     """The head once per video, then one product: [N, M] logits."""
-    return scale * text @ head(frames, mask).T
+    return head.scores(text, head.embed_video(frames, mask), mask,
+                       scale).full()
 
 
 def loose_scoring(device: torch.device, sizes: Sizes = FULL) -> dict:

@@ -4,10 +4,12 @@ Each batch of the evaluation dataset (one sample per video, carrying all its
 captions) is encoded by the model's ``predict`` mode; the embeddings of all
 processes are gathered in dataset order (samples that a distributed sampler
 repeated to even out the shards are dropped) and the evaluator ranks the
-text x video scores in both directions. For the loose heads the scores are
-an :class:`EmbeddingScores` (``scale * T @ V.T``), ranked block by block on
-the model's device, so even 100k x 100k never exists whole; the tight head's
-pair logits are computed in blocks of texts into an [N, M] matrix.
+text x video scores in both directions. The scores are the model's
+(``model.scores``): a lazy :class:`~mmclip4clip.evaluation.scores.Scores`
+on the model's device, computed tile by tile as the metric ranks them (the
+loose heads' ``scale * T @ V.T``, the tight head's pair logits, under the
+loop's ``no_grad`` and fp16 settings), so even 100k x 100k never exists
+whole.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from mmengine.structures import BaseDataElement
 from torch import Tensor
 
 from mmclip4clip.evaluation.functional import once_each
-from mmclip4clip.evaluation.scores import EmbeddingScores
+from mmclip4clip.evaluation.scores import Scores
 from mmclip4clip.registry import LOOPS
 
 
@@ -32,32 +34,17 @@ def gather_predictions(
 
 
 def build_scores(model, text_emb: Tensor, video_emb: Tensor,
-                 block_size: int, video_mask: Tensor | None = None
-                 ) -> Tensor | EmbeddingScores:
-    """Texts x videos -> [N, M] scores.
-
-    Loose heads ([M, D] ``video_emb``): an :class:`EmbeddingScores` on the
-    model's device, computed when ranked. Tight head (frame features
-    [M, T, D] and their ``video_mask`` [M, T]): the pair logits on the CPU,
-    ``block_size`` texts at a time on the model's device.
-    """
+                 video_mask: Tensor | None = None) -> Scores:
+    """Texts x videos -> the model's lazy [N, M] scores on its device
+    (``video_emb``: [M, D] embeddings, or [M, T, D] frame features with
+    their [M, T] ``video_mask``)."""
     device = next(model.parameters()).device
-    if not model.pairwise:
-        return EmbeddingScores(text_emb.to(device), video_emb.to(device),
-                               model.backbone.logit_scale.exp().item())
-    video_emb = video_emb.to(device)
     if video_mask is not None:
         video_mask = video_mask.to(device)
-    blocks = [
-        model.similarity(text_emb[i:i + block_size].to(device), video_emb,
-                         video_mask).float().cpu()
-        for i in range(0, text_emb.shape[0], block_size)
-    ]
-    return torch.cat(blocks)
+    return model.scores(text_emb.to(device), video_emb.to(device), video_mask)
 
 
-def assemble_result(model, samples: list[BaseDataElement],
-                    block_size: int) -> dict:
+def assemble_result(model, samples: list[BaseDataElement]) -> dict:
     """Per-video predictions -> the retrieval metric's input dict."""
     text_emb = torch.cat([s.text_emb for s in samples])  # [N, D]
     video_emb = torch.stack([s.video_emb for s in samples])  # [M, D] / [M, T, D]
@@ -65,7 +52,7 @@ def assemble_result(model, samples: list[BaseDataElement],
         if 'video_mask' in samples[0] else None  # [M, T], tight head only
     counts = torch.tensor([len(s.text_emb) for s in samples])
     result = dict(
-        scores=build_scores(model, text_emb, video_emb, block_size, video_mask),
+        scores=build_scores(model, text_emb, video_emb, video_mask),
         text_video_index=torch.repeat_interleave(
             torch.arange(len(samples)), counts),
         video_ids=[s.video_id for s in samples],
@@ -83,10 +70,6 @@ class _RetrievalLoopMixin:
 
     _stage: str
 
-    def __init__(self, runner, dataloader, evaluator, fp16: bool = False,
-                 score_block_size: int = 4096) -> None:
-        super().__init__(runner, dataloader, evaluator, fp16)
-        self.score_block_size = score_block_size
 
     def run(self) -> dict:
         runner, stage = self.runner, self._stage
@@ -106,8 +89,7 @@ class _RetrievalLoopMixin:
         model = runner.model.module if is_model_wrapper(runner.model) \
             else runner.model
         with torch.no_grad(), autocast(enabled=self.fp16):
-            result = assemble_result(model, gather_predictions(samples),
-                                     self.score_block_size)
+            result = assemble_result(model, gather_predictions(samples))
         self.evaluator.process(data_samples=[result], data_batch=None)
         metrics = self.evaluator.evaluate(1)
         dataset = self.dataloader.dataset
@@ -148,8 +130,6 @@ class RetrievalValLoop(_RetrievalLoopMixin, ValLoop):
 
     Args:
         runner, dataloader, evaluator, fp16: as :class:`mmengine.runner.ValLoop`.
-        score_block_size: texts scored against all videos at a time by
-            the tight head.
     """
 
     _stage = 'val'
@@ -161,8 +141,6 @@ class RetrievalTestLoop(_RetrievalLoopMixin, TestLoop):
 
     Args:
         runner, dataloader, evaluator, fp16: as :class:`mmengine.runner.TestLoop`.
-        score_block_size: texts scored against all videos at a time by
-            the tight head.
     """
 
     _stage = 'test'

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmclip4clip.evaluation.scores import EmbeddingScores
+from mmclip4clip.models.losses import all_gather_with_grad
 from mmclip4clip.registry import MODELS
 
 
@@ -38,14 +40,51 @@ def masked_mean(x: Tensor, mask: Tensor | None,
     return (x * weights).sum(dim=dims) / count.clamp(min=1.0)
 
 
-class LooseHead(nn.Module):
+class EmbeddingHead(nn.Module):
+    """A head that scores by embedding products: one unit vector per text
+    and per video, ``scale * t @ v.T`` (the loose heads, mmaction2's
+    adapters).
+
+    The scoring interface every head gives the retriever (the tight head's
+    is :class:`~mmclip4clip.models.heads.TightTransfHead`):
+    :attr:`embeds_videos`, :meth:`embed_text`, :meth:`embed_video`,
+    :meth:`scores` and :meth:`batch_scores`. Subclasses implement
+    ``forward(frame_features, frame_mask) -> [B, D]`` unit vectors.
+    """
+
+    #: A video is one vector that can be stored and searched (an index).
+    embeds_videos = True
+
+    def embed_text(self, text: Tensor) -> Tensor:
+        """[N, D] projected CLIP text features -> [N, D] unit vectors."""
+        return F.normalize(text, dim=-1)
+
+    def embed_video(self, frames: Tensor, frame_mask: Tensor) -> Tensor:
+        """[B, T, D] frame features + [B, T] mask -> [B, D] unit vectors."""
+        return self(frames, frame_mask)
+
+    def scores(self, text: Tensor, video: Tensor,
+               video_mask: Tensor | None = None,
+               scale: float | Tensor = 1.0) -> EmbeddingScores:
+        """Texts x videos: ``scale * text @ video.T`` for [N, D] and [M, D]
+        embeddings (``video_mask`` is not needed), computed tile by tile."""
+        return EmbeddingScores(text, video, scale)
+
+    def batch_scores(self, text: Tensor, video: Tensor,
+                     video_mask: Tensor | None,
+                     scale: float | Tensor) -> EmbeddingScores:
+        """The scores the training loss runs over: this process's [B, D]
+        embeddings gathered from all W processes (with their gradients),
+        [W * B, W * B]."""
+        return self.scores(all_gather_with_grad(text),
+                           all_gather_with_grad(video), None, scale)
+
+
+class LooseHead(EmbeddingHead):
     """Base of the loose heads: transform, normalise, masked mean, normalise.
 
     Subclasses implement :meth:`transform`, the head's ``G``.
     """
-
-    #: Scores are dot products of per-text and per-video embeddings.
-    pairwise = False
 
     def transform(self, x: Tensor, mask: Tensor | None) -> Tensor:
         """[B, T, D] -> [B, T, D]."""

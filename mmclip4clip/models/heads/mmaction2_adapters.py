@@ -20,16 +20,15 @@ from torch import Tensor, nn
 from mmclip4clip.registry import MODELS
 
 from .cross_blocks import CrossTransformer
+from .loose import EmbeddingHead
 
 CLIP_LN_EPS = 1e-5
 
 
 @MODELS.register_module()
-class MMAction2MeanHead(nn.Module):
+class MMAction2MeanHead(EmbeddingHead):
     """mmaction2's SimpleMeanAdapter + normalisation:
     ``v = normalize(mean_t F_t)``, mask ignored."""
-
-    pairwise = False
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """[B, T, D] (mask ignored) -> [B, D] unit vectors."""
@@ -37,7 +36,7 @@ class MMAction2MeanHead(nn.Module):
 
 
 @MODELS.register_module()
-class MMAction2TransformerHead(nn.Module):
+class MMAction2TransformerHead(EmbeddingHead):
     """mmaction2's TransformerAdapter + normalisation:
     ``v = normalize(mean_t(blocks(F + P) + F))``, mask ignored.
 
@@ -49,8 +48,6 @@ class MMAction2TransformerHead(nn.Module):
         with_cp: activation checkpointing of each block in training (see
             :mod:`mmclip4clip.models.activation_checkpoint`).
     """
-
-    pairwise = False
 
     def __init__(self, num_segs: int, embed_dim: int, num_layers: int,
                  num_heads: int | None = None, with_cp: bool = False) -> None:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmclip4clip.evaluation.scores import PairScores
 from mmclip4clip.models.one_query_attention import one_query_attention
 from mmclip4clip.registry import MODELS
 
@@ -57,8 +58,8 @@ class TightTransfHead(nn.Module):
             activations; logits and gradients are unchanged.
     """
 
-    #: Scores come from pairs, not from a dot product of two embeddings.
-    pairwise = True
+    #: A video is kept as its frame features: its scores come from pairs.
+    embeds_videos = False
 
     def __init__(self, embed_dim: int, num_layers: int = 4,
                  num_heads: int | None = None,
@@ -88,6 +89,34 @@ class TightTransfHead(nn.Module):
         tower = clip_text_tower(clip)
         load_position_rows(self.position_embeddings, tower)
         self.transformer.load_clip_text_blocks(tower)
+
+    def embed_text(self, text: Tensor) -> Tensor:
+        """[N, D] projected CLIP text features, kept as they are (the
+        cross-encoder reads them unnormalised)."""
+        return text
+
+    def embed_video(self, frames: Tensor, frame_mask: Tensor) -> Tensor:
+        """[B, T, D] frame features, kept as they are (with their mask,
+        they are the video's input to every pair)."""
+        return frames
+
+    def scores(self, text: Tensor, frames: Tensor,
+               frame_mask: Tensor | None = None,
+               scale: float | Tensor | None = None) -> PairScores:
+        """Texts x videos: the pair logits (:meth:`pair_logits`) of [N, D]
+        texts and [M, T, D] frame features with their [M, T] mask,
+        computed tile by tile. ``scale`` is unused: the head has no
+        ``logit_scale``."""
+        if frame_mask is None:
+            raise ValueError('the tight head needs the videos\' frame mask')
+        return PairScores(self.pair_logits, text, frames, frame_mask)
+
+    def batch_scores(self, text: Tensor, frames: Tensor, frame_mask: Tensor,
+                     scale: float | Tensor | None = None) -> PairScores:
+        """The scores the training loss runs over: this process's B x B
+        in-batch pairs, as in the original (not gathered: the pairs of
+        other processes would cost W^2 times the cross-encoder passes)."""
+        return self.scores(text, frames, frame_mask)
 
     def _check_length(self, num_frames: int) -> None:
         """1 + T tokens must fit the position table."""

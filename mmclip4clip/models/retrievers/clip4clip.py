@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from mmengine.model import BaseModel
 from mmengine.structures import BaseDataElement, InstanceData
 from torch import Tensor
 
-from mmclip4clip.models.losses import all_gather_with_grad
+from mmclip4clip.evaluation.scores import Scores
 from mmclip4clip.registry import MODELS
 
 
@@ -21,6 +20,10 @@ class CLIP4Clip(BaseModel):
     - ``frame_mask``: [B, T], 1 for real frames;
     - ``input_ids`` / ``attention_mask``: [N, L] tokenised captions;
     - ``text_video_index``: [N], the video (0..B-1) each caption describes.
+
+    Scoring is the head's: :meth:`scores` gives the lazy text x video
+    :class:`~mmclip4clip.evaluation.scores.Scores` that the loss, the
+    evaluation loop, the metric and search consume, whatever the head.
 
     Modes: ``loss`` (one caption per video, symmetric InfoNCE),
     ``predict`` (per-video data samples holding ``video_emb`` and ``text_emb``
@@ -94,9 +97,11 @@ class CLIP4Clip(BaseModel):
             self.head.init_from_clip(self.backbone.clip)
 
     @property
-    def pairwise(self) -> bool:
-        """True for the tight head, which scores (text, video) pairs."""
-        return self.head.pairwise
+    def embeds_videos(self) -> bool:
+        """Whether a video is one embedding vector that can be stored and
+        searched (the loose heads); the tight head keeps frame features and
+        scores pairs."""
+        return self.head.embeds_videos
 
     # ---- encoders -------------------------------------------------------
     def encode_text(self, input_ids: Tensor,
@@ -104,29 +109,32 @@ class CLIP4Clip(BaseModel):
         """[N, L] -> [N, D] text embeddings: unit vectors for the loose
         heads, the raw projected feature for the tight head."""
         feats = self.backbone.encode_text(input_ids, attention_mask)
-        return feats if self.pairwise else F.normalize(feats, dim=-1)
+        return self.head.embed_text(feats)
 
     def encode_video(self, frames: Tensor, frame_mask: Tensor) -> Tensor:
         """[B, T, 3, H, W] + [B, T] -> video embeddings: [B, D] unit vectors
         for the loose heads, the frame features [B, T, D] for the tight
         head."""
         feats = self.backbone.encode_frames(frames, frame_mask)  # [B, T, D]
-        return feats if self.pairwise else self.head(feats, frame_mask)
+        return self.head.embed_video(feats, frame_mask)
 
-    def similarity(self, text_emb: Tensor, video_emb: Tensor,
-                   video_mask: Tensor | None = None) -> Tensor:
-        """Texts x videos -> [N, M] logits (rows are texts).
+    def scores(self, text_emb: Tensor, video_emb: Tensor,
+               video_mask: Tensor | None = None) -> Scores:
+        """Texts x videos as a lazy [N, M] :class:`Scores` (rows are texts),
+        from :meth:`encode_text` and :meth:`encode_video` outputs.
 
         Loose heads: ``logit_scale.exp() * t @ v.T`` for [N, D] and [M, D]
         unit vectors. Tight head: the pair logits of [N, D] text features
         against [M, T, D] frame features with their [M, T] ``video_mask``,
         in chunks of the head's ``chunk_size`` pairs.
         """
-        if self.pairwise:
-            if video_mask is None:
-                raise ValueError('the tight head needs the videos\' frame mask')
-            return self.head.pair_logits(text_emb, video_emb, video_mask)
-        return self.backbone.logit_scale.exp() * text_emb @ video_emb.t()
+        return self.head.scores(text_emb, video_emb, video_mask,
+                                self.backbone.logit_scale.exp())
+
+    def similarity(self, text_emb: Tensor, video_emb: Tensor,
+                   video_mask: Tensor | None = None) -> Tensor:
+        """Texts x videos -> the whole [N, M] matrix of :meth:`scores`."""
+        return self.scores(text_emb, video_emb, video_mask).full()
 
     @torch.no_grad()
     def sim_matrix(self, input_ids: Tensor, attention_mask: Tensor,
@@ -199,13 +207,10 @@ class CLIP4Clip(BaseModel):
                              frame_mask: Tensor) -> Tensor:
         """The training loss of this process's embeddings (:meth:`embed`)
         and [B, T] frame mask: gathered over processes (loose heads) or
-        over the in-batch pairs (tight head)."""
-        if self.pairwise:
-            return self.loss_module(
-                self.head.pair_logits(text, video, frame_mask))
-        text = all_gather_with_grad(text)  # [W * B, D]
-        video = all_gather_with_grad(video)  # [W * B, D]
-        return self.loss_module(self.similarity(text, video))
+        over the in-batch pairs (tight head): the head's ``batch_scores``."""
+        scores = self.head.batch_scores(text, video, frame_mask,
+                                        self.backbone.logit_scale.exp())
+        return self.loss_module(scores.full())
 
     def cached_grad_surrogate(self, batch: dict, text_grad: Tensor,
                               video_grad: Tensor,
@@ -254,7 +259,7 @@ class CLIP4Clip(BaseModel):
         for i, sample in enumerate(data_samples):
             sample.video_emb = video[i]
             sample.text_emb = text[index == i]
-            if self.pairwise:
+            if not self.embeds_videos:  # frame features: keep their mask
                 sample.video_mask = inputs['frame_mask'][i]
             elif len(sample.text_emb) == 1:
                 sample.features = InstanceData(
