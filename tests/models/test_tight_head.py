@@ -84,6 +84,62 @@ def test_evaluation_shortcuts_equal_the_per_pair_forward(num_layers):
                                per_pair, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('with_cp', [False, True])
+@pytest.mark.parametrize('num_layers', [1, 2, 4])
+def test_evaluation_path_equals_the_training_forward_in_float64(num_layers,
+                                                                 with_cp):
+    # One block implementation: the evaluation shortcuts (shared first-block
+    # q/k/v, token 0 only in the last block) must compute exactly what the
+    # training forward computes with dropout off, padded frames included.
+    torch.manual_seed(0)
+    head = TightTransfHead(D, num_layers=num_layers, max_positions=16,
+                           dropout=0.0, with_cp=with_cp).double()
+    for param in head.parameters():  # far from the near-uniform init
+        param.data.normal_(std=0.3)
+    text, frames, mask = features(n=4, m=5, lengths=(5, 3, 1, 2, 4), seed=7)
+    text, frames = text.double(), frames.double()
+    frames[mask == 0] = 50 * torch.randn(int((mask == 0).sum()), D,
+                                         dtype=torch.float64)
+    trained = head.train().pair_logits(text, frames, mask, chunk_size=7)
+    with torch.no_grad():
+        evaluated = head.eval().pair_logits(text, frames, mask, chunk_size=7)
+    assert trained.requires_grad
+    torch.testing.assert_close(evaluated, trained.detach(), rtol=1e-10,
+                               atol=1e-10)
+
+
+def test_state_dict_keys_keep_the_clip_block_layout():
+    # Converters and checkpoints name the blocks as OpenAI's CLIP does.
+    prefix = 'transformer.resblocks.0.'
+    block_keys = {key[len(prefix):]
+                  for key in TightTransfHead(D, num_layers=1).state_dict()
+                  if key.startswith(prefix)}
+    assert block_keys == {
+        'ln_1.weight', 'ln_1.bias', 'attn.in_proj_weight', 'attn.in_proj_bias',
+        'attn.out_proj.weight', 'attn.out_proj.bias', 'ln_2.weight',
+        'ln_2.bias', 'mlp.c_fc.weight', 'mlp.c_fc.bias', 'mlp.c_proj.weight',
+        'mlp.c_proj.bias'}
+
+
+def test_attention_blocks_start_as_torch_multihead_attention_does():
+    # Same parameters, same init draws, same outputs as nn.MultiheadAttention
+    # (which the blocks used before), so seeded runs are unchanged.
+    from mmclip4clip.models.heads import CrossAttention
+    torch.manual_seed(5)
+    ours = CrossAttention(D, 4)
+    torch.manual_seed(5)
+    theirs = torch.nn.MultiheadAttention(D, 4, batch_first=True)
+    for name, param in theirs.named_parameters():
+        assert torch.equal(dict(ours.named_parameters())[name], param), name
+    x = torch.randn(3, T, D)
+    real = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]])
+    bias = (1.0 - real.float()) * -1e6  # [B, S]
+    expected = theirs(x, x, x, attn_mask=bias[:, None].expand(3, T, T)
+                      .repeat_interleave(4, dim=0), need_weights=False)[0]
+    torch.testing.assert_close(ours(ours.project(x), bias), expected,
+                               rtol=1e-5, atol=1e-6)
+
+
 @torch.no_grad()
 @pytest.mark.parametrize('chunk', [1, 5, 7, 12, 1000])
 def test_chunked_evaluation_equals_unchunked(chunk):

@@ -1,13 +1,13 @@
 from .clip_text_tower import ClipTextTower, clip_text_tower
-from .cross_blocks import CrossTransformer, QuickGELU, ResidualAttentionBlock
-from .loose import LooseHead, MeanPHead, masked_mean
+from .cross_blocks import CrossAttention, CrossTransformer, ResidualAttentionBlock
+from .loose import EmbeddingHead, LooseHead, MeanPHead, masked_mean
 from .mmaction2_adapters import MMAction2MeanHead, MMAction2TransformerHead
 from .temporal import SeqLSTMHead, SeqTransfHead
 from .tight import TightTransfHead
 
 __all__ = [
-    'ClipTextTower', 'CrossTransformer', 'LooseHead', 'MeanPHead', 'MMAction2MeanHead',
-    'MMAction2TransformerHead', 'QuickGELU',
+    'ClipTextTower', 'CrossAttention', 'CrossTransformer', 'EmbeddingHead',
+    'LooseHead', 'MeanPHead', 'MMAction2MeanHead', 'MMAction2TransformerHead',
     'ResidualAttentionBlock', 'SeqLSTMHead', 'SeqTransfHead', 'TightTransfHead',
     'clip_text_tower', 'masked_mean'
 ]

@@ -11,23 +11,25 @@ errors to torch (``RuntimeError``).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers.activations import QuickGELUActivation
 
 from mmclip4clip.evaluation.scores import PairScores
-from mmclip4clip.models.one_query_attention import one_query_attention
 from mmclip4clip.registry import MODELS
 
 from .clip_text_tower import clip_text_tower
 from .cross_blocks import (
     CROSS_LN_EPS,
-    MASK_BIAS,
     CrossTransformer,
-    QuickGELU,
     init_new_module,
     load_position_rows,
 )
+
+#: ``(text index [P], video index [P]) -> [P]`` logits of those pairs.
+PairLogitsFn = Callable[[Tensor, Tensor], Tensor]
 
 
 @MODELS.register_module()
@@ -75,7 +77,7 @@ class TightTransfHead(nn.Module):
                                             with_cp=with_cp)
         self.pooler_ln = nn.LayerNorm(embed_dim, eps=CROSS_LN_EPS)
         self.pooler_dense = nn.Linear(embed_dim, embed_dim)
-        self.pooler_act = QuickGELU()
+        self.pooler_act = QuickGELUActivation()
         self.classifier = nn.Linear(embed_dim, 1)
         init_new_module(self)
 
@@ -129,13 +131,15 @@ class TightTransfHead(nn.Module):
                 frame_mask: Tensor) -> Tensor:
         """Logits of aligned pairs: [P, D] texts, [P, T, D] frames and
         [P, T] mask -> [P]."""
-        seq = torch.cat([text[:, None], frames], dim=1)  # [P, 1 + T, D]
         self._check_length(frames.shape[1])
-        mask = torch.cat([frame_mask.new_ones(frame_mask.shape[0], 1),
-                          frame_mask], dim=1)  # [P, 1 + T]
+        seq = torch.cat([text[:, None], frames], dim=1)  # [P, 1 + T, D]
         seq = self.dropout(seq + self.position_embeddings.weight[:seq.shape[1]])
-        hidden = self.transformer(seq, mask)  # [P, 1 + T, D]
-        pooled = self.pooler_act(self.pooler_dense(self.pooler_ln(hidden)[:, 0]))
+        hidden = self.transformer(seq, _pair_mask(frame_mask))  # [P, 1 + T, D]
+        return self._classify(hidden[:, 0])
+
+    def _classify(self, token0: Tensor) -> Tensor:
+        """The pooler and classifier on token 0's output: [P, D] -> [P]."""
+        pooled = self.pooler_act(self.pooler_dense(self.pooler_ln(token0)))
         return self.classifier(pooled).squeeze(-1)
 
     def pair_logits(self, text: Tensor, frames: Tensor, frame_mask: Tensor,
@@ -144,106 +148,54 @@ class TightTransfHead(nn.Module):
         [N, M], ``chunk_size`` pairs (default: the configured one) per pass.
 
         In training (dropout active) each pair runs :meth:`forward`. In
-        evaluation the same function is computed with less work: the first
-        block's LayerNorm and q/k/v projections are computed once per text
-        and once per video, not once per pair, and the last block computes
-        only token 0, the only one the pooler reads (about 3/4 of the
-        per-pair products at 12 frames and 4 blocks).
+        evaluation the same blocks compute the same function with less
+        work (options of :class:`CrossTransformer`, not a second copy of
+        it): the first block's LayerNorm and q/k/v projections are computed
+        once per text and once per video, not once per pair, and the last
+        block computes only token 0, the only one the pooler reads (about
+        3/4 of the per-pair products at 12 frames and 4 blocks).
         """
         chunk = chunk_size or self.chunk_size or (
             128 if text.device.type == 'cpu' else 2048)
         n, m = text.shape[0], frames.shape[0]
-        shared = None if self.training else self._shared_first_block(text,
-                                                                     frames)
+        if self.training:
+            def logits(t_idx: Tensor, v_idx: Tensor) -> Tensor:
+                return self(text[t_idx], frames[v_idx], frame_mask[v_idx])
+        else:
+            logits = self._evaluation_pairs(text, frames, frame_mask)
         out = text.new_empty(n * m)
         for start in range(0, n * m, chunk):
             pairs = torch.arange(start, min(start + chunk, n * m),
                                  device=text.device)
-            t_idx, v_idx = pairs // m, pairs % m
-            if shared is None:
-                logits = self(text[t_idx], frames[v_idx], frame_mask[v_idx])
-            else:
-                logits = self._pairs_from_shared(shared, t_idx, v_idx,
-                                                 frame_mask[v_idx])
-            out[start:start + len(pairs)] = logits
+            out[start:start + len(pairs)] = logits(pairs // m, pairs % m)
         return out.view(n, m)
 
-    def _shared_first_block(self, text: Tensor,
-                            frames: Tensor) -> dict[str, Tensor]:
-        """Block 1 inputs and q/k/v of every text token ([N, ...]) and
-        every video's frame tokens ([M, T, ...])."""
-        t = frames.shape[1]
-        self._check_length(t)
-        pos = self.position_embeddings.weight[:1 + t]
-        block = self.transformer.resblocks[0]
+    def _evaluation_pairs(self, text: Tensor, frames: Tensor,
+                          frame_mask: Tensor) -> PairLogitsFn:
+        """:meth:`forward` without dropout, for pairs of [N, D] ``text`` and
+        [M, T, D] ``frames`` (with their [M, T] mask): ``(t_idx, v_idx) ->
+        [P]`` logits. The first block's inputs and q/k/v of every text
+        ([N, ...]) and every video's frames ([M, T, ...]) are computed once
+        here; the last block computes token 0 only."""
+        self._check_length(frames.shape[1])
+        pos = self.position_embeddings.weight[:1 + frames.shape[1]]
         text_x = text + pos[0]  # [N, D]
         frame_x = frames + pos[1:]  # [M, T, D]
-        attn = block.attn
-        return dict(
-            text_x=text_x, frame_x=frame_x,
-            text_qkv=F.linear(block.ln_1(text_x), attn.in_proj_weight,
-                              attn.in_proj_bias),  # [N, 3D]
-            frame_qkv=F.linear(block.ln_1(frame_x), attn.in_proj_weight,
-                               attn.in_proj_bias))  # [M, T, 3D]
+        text_qkv = self.transformer.first_block_qkv(text_x)  # [N, 3D]
+        frame_qkv = self.transformer.first_block_qkv(frame_x)  # [M, T, 3D]
 
-    def _pairs_from_shared(self, shared: dict[str, Tensor], t_idx: Tensor,
-                           v_idx: Tensor, frame_mask: Tensor) -> Tensor:
-        """Logits [P] of the pairs (t_idx, v_idx); ``frame_mask`` [P, T]."""
-        x = torch.cat([shared['text_x'][t_idx, None],
-                       shared['frame_x'][v_idx]], dim=1)  # [P, 1 + T, D]
-        qkv = torch.cat([shared['text_qkv'][t_idx, None],
-                         shared['frame_qkv'][v_idx]], dim=1)  # [P, S, 3D]
-        real = torch.cat([frame_mask.new_ones(len(t_idx), 1), frame_mask], 1)
-        bias = ((1.0 - real.to(x.dtype)) * MASK_BIAS)[:, None, None]  # [P,1,1,S]
-        blocks = self.transformer.resblocks
-        for i, block in enumerate(blocks):
-            x = _block_forward(block, x, bias, qkv if i == 0 else None,
-                               first_token_only=i == len(blocks) - 1)
-        # x: [P, 1, D], token 0 only
-        pooled = self.pooler_act(self.pooler_dense(self.pooler_ln(x[:, 0])))
-        return self.classifier(pooled).squeeze(-1)
+        def logits(t_idx: Tensor, v_idx: Tensor) -> Tensor:
+            x = torch.cat([text_x[t_idx, None], frame_x[v_idx]], dim=1)
+            qkv = torch.cat([text_qkv[t_idx, None], frame_qkv[v_idx]], dim=1)
+            token0 = self.transformer(x, _pair_mask(frame_mask[v_idx]),
+                                      first_qkv=qkv,
+                                      first_token_only=True)  # [P, 1, D]
+            return self._classify(token0[:, 0])
+
+        return logits
 
 
-def _block_forward(block: nn.Module, x: Tensor, bias: Tensor,
-                   qkv: Tensor | None = None,
-                   first_token_only: bool = False) -> Tensor:
-    """A :class:`ResidualAttentionBlock` on [P, S, D] tokens with an additive
-    key bias [P, 1, 1, S], given (optionally) its precomputed q/k/v
-    [P, S, 3D]; with ``first_token_only`` only token 0 is computed
-    ([P, 1, D]: queries, residual and MLP of the other tokens are skipped).
-    """
-    attn = block.attn
-    if qkv is None and first_token_only:
-        return _first_token_block(block, x, bias)
-    if qkv is None:
-        q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight,
-                           attn.in_proj_bias).chunk(3, dim=-1)
-    else:
-        q, k, v = qkv.chunk(3, dim=-1)
-        if first_token_only:
-            q, x = q[:, :1], x[:, :1]
-
-    def split(t: Tensor) -> Tensor:  # [P, S, D] -> [P, heads, S, D / heads]
-        return t.unflatten(-1, (attn.num_heads, -1)).transpose(1, 2)
-
-    out = F.scaled_dot_product_attention(split(q), split(k), split(v),
-                                         attn_mask=bias)  # [P, H, Sq, d]
-    x = x + attn.out_proj(out.transpose(1, 2).flatten(2))
-    return x + block.mlp(block.ln_2(x))
-
-
-def _first_token_block(block: nn.Module, x: Tensor, bias: Tensor) -> Tensor:
-    """Token 0's output of a block ([P, S, D] + key bias [P, 1, 1, S] ->
-    [P, 1, D]) without projecting the other tokens' keys and values
-    (:func:`one_query_attention`)."""
-    attn = block.attn
-    heads, width = attn.num_heads, x.shape[-1]
-    head_dim = width // heads
-    w_q, w_k, w_v = attn.in_proj_weight.view(3, heads, head_dim, width)
-    b_q, b_k, b_v = attn.in_proj_bias.view(3, heads, head_dim)
-    h = block.ln_1(x)  # [P, S, D]
-    q = torch.einsum('pD,hdD->phd', h[:, 0], w_q) + b_q  # [P, H, d]
-    out = one_query_attention(q, h, w_k, b_k, w_v, b_v, head_dim**-0.5,
-                              bias[:, 0, 0])  # [P, H, d]
-    x = x[:, :1] + attn.out_proj(out.flatten(1))[:, None]
-    return x + block.mlp(block.ln_2(x))
+def _pair_mask(frame_mask: Tensor) -> Tensor:
+    """[P, T] frame mask -> [P, 1 + T] token mask (the text token is real)."""
+    return torch.cat([frame_mask.new_ones(frame_mask.shape[0], 1),
+                      frame_mask], dim=1)
