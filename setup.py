@@ -27,7 +27,7 @@ setup(
         'decord>=0.6.0',
         'numpy',
         'pillow',
-        'transformers>=5.0',
+        'transformers>=5,<6',  # the backbone reads its CLIP layers' internals
         'tokenizers',
     ],
     extras_require={

@@ -230,3 +230,19 @@ def test_builds_from_registry_and_exposes_clip_logit_scale(clip_config):
     assert backbone.logit_scale is backbone.clip.logit_scale
     assert backbone.embed_dim == clip_config['projection_dim']
     assert backbone.image_size == clip_config['vision_config']['image_size']
+
+
+def test_transformers_internals_the_backbone_reads_are_checked_at_build(
+        clip_config, monkeypatch):
+    # The towers run block by block on transformers' private layout; a
+    # release that renames a part must fail at construction, naming it.
+    import mmclip4clip.models.backbones.clip as clip_module
+    changed = clip_module.build_clip(config=clip_config)
+    del changed.vision_model.pre_layrnorm
+    del changed.text_model.encoder.layers[0].self_attn.scale
+    monkeypatch.setattr(clip_module, 'build_clip', lambda *args: changed)
+    with pytest.raises(RuntimeError) as err:
+        CLIPBackbone(config=clip_config)
+    assert 'vision_model.pre_layrnorm' in str(err.value)
+    assert 'text_model.encoder.layers[0].self_attn.scale' in str(err.value)
+    assert 'transformers>=5,<6' in str(err.value)

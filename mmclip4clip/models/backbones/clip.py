@@ -13,6 +13,7 @@ The features are those of CLIP4Clip (spec section 1):
 from __future__ import annotations
 
 import torch
+import transformers
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 from transformers import CLIPConfig, CLIPModel
@@ -48,6 +49,59 @@ def build_clip(pretrained: str | None = None,
             f'cannot load CLIP weights from {pretrained!r}: it is neither a '
             'Hugging Face CLIP directory nor a hub id that can be reached '
             f'({err})') from err
+
+
+# The parts of transformers' CLIPModel that CLIPBackbone (and the heads'
+# start from CLIP's text tower) read directly instead of calling its forward:
+# private layout that a transformers release may rename. Checked at
+# construction (:func:`check_clip_layout`), so a changed layout fails there,
+# naming the attribute, and not deep inside a forward pass.
+CLIP_MODEL_ATTRIBUTES = (
+    'logit_scale', 'text_projection', 'visual_projection',
+    'config.projection_dim', 'config.vision_config.image_size',
+    'config.text_config.num_attention_heads',
+    'text_model.embeddings', 'text_model.embeddings.position_embedding',
+    'text_model.encoder.layers', 'text_model.final_layer_norm',
+    'vision_model.embeddings', 'vision_model.embeddings.patch_embedding',
+    'vision_model.embeddings.class_embedding',
+    'vision_model.embeddings.position_embedding',
+    'vision_model.embeddings.position_ids', 'vision_model.pre_layrnorm',
+    'vision_model.encoder.layers', 'vision_model.post_layernorm')
+CLIP_LAYER_ATTRIBUTES = (
+    'layer_norm1', 'layer_norm2', 'self_attn', 'self_attn.q_proj',
+    'self_attn.k_proj', 'self_attn.v_proj', 'self_attn.out_proj',
+    'self_attn.num_heads', 'self_attn.head_dim', 'self_attn.scale', 'mlp',
+    'mlp.fc1', 'mlp.fc2', 'mlp.activation_fn')
+
+
+def _has_path(obj, path: str) -> bool:
+    for name in path.split('.'):
+        if not hasattr(obj, name):
+            return False
+        obj = getattr(obj, name)
+    return True
+
+
+def check_clip_layout(clip: nn.Module) -> None:
+    """Raise RuntimeError naming every attribute of transformers'
+    ``CLIPModel`` (and of its encoder layers) that CLIPBackbone reads and
+    this transformers release lacks (see :data:`CLIP_MODEL_ATTRIBUTES`)."""
+    missing = [path for path in CLIP_MODEL_ATTRIBUTES
+               if not _has_path(clip, path)]
+    for tower in ('text_model', 'vision_model'):
+        layers = getattr(getattr(getattr(clip, tower, None), 'encoder', None),
+                         'layers', None)
+        if layers:
+            missing += [f'{tower}.encoder.layers[0].{path}'
+                        for path in CLIP_LAYER_ATTRIBUTES
+                        if not _has_path(layers[0], path)]
+    if missing:
+        raise RuntimeError(
+            f'transformers {transformers.__version__}: its CLIPModel lacks '
+            f'{", ".join(missing)}, which mmclip4clip\'s CLIPBackbone reads '
+            'directly (it runs the towers block by block); install a '
+            'transformers release this package supports (setup.py: '
+            "'transformers>=5,<6')")
 
 
 # CLIP parameters that ``freeze_layer_num`` never freezes (Hugging Face
@@ -152,6 +206,7 @@ class CLIPBackbone(BaseModule):
             raise ValueError(
                 f"linear_patch must be '2d' or '3d', got {linear_patch!r}")
         self.clip = build_clip(pretrained, config)
+        check_clip_layout(self.clip)
         self.linear_patch = linear_patch
         if linear_patch == '3d':
             self.conv2 = self.conv3d_from_patch_conv()
