@@ -107,3 +107,76 @@ def test_counts_above_2048_are_exact_in_half_precision():
     index = torch.tensor([0, 1])
     scores[1, 1] = 2.0
     assert t2v_ranks(scores, index).tolist() == [3001, 1]
+
+
+def _pair_scorer(text, frames, mask):
+    """A stand-in cross-encoder: [B, D], [C, T, D], [C, T] -> [B, C]."""
+    pooled = (frames * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    return text @ pooled.T
+
+
+def test_pair_scores_rank_as_their_full_matrix_tile_by_tile(monkeypatch):
+    import mmclip4clip.evaluation.functional as functional
+    from mmclip4clip.evaluation.scores import PairScores
+    monkeypatch.setitem(functional.TILE_SIZES, 'cpu', (1024, 3))
+    index = uneven_shuffled_index(11, 3)
+    gen = torch.Generator().manual_seed(3)
+    text = torch.randint(-2, 3, (len(index), 4), generator=gen).float()
+    frames = torch.randint(-2, 3, (11, 3, 4), generator=gen).float()
+    mask = torch.ones(11, 3)
+    mask[::2, 2] = 0
+    calls = []
+
+    def scorer(*args):
+        calls.append(args[0].shape[0] * args[1].shape[0])
+        return _pair_scorer(*args)
+
+    scores = PairScores(scorer, text, frames, mask)
+    matrix = _pair_scorer(text, frames, mask)
+    t2v, v2t = retrieval_ranks(scores, index, 4)
+    assert sum(calls) == len(index) * 11  # every pair scored exactly once
+    assert t2v.tolist() == brute_t2v(matrix, index)
+    assert v2t.tolist() == brute_v2t(matrix, index)
+    torch.testing.assert_close(scores.full(), matrix)
+
+
+def test_a_non_finite_pair_logit_is_an_error_naming_the_pair():
+    from mmclip4clip.evaluation.scores import PairScores
+
+    text, frames = torch.randn(3, 4), torch.randn(5, 2, 4)
+    frames[4, 1, 0] = float('inf')
+    frames[4, 0, 0] = float('-inf')  # video 4's pair logits are NaN
+    scores = PairScores(_pair_scorer, text, frames, torch.ones(5, 2))
+    with pytest.raises(ValueError, match='video features 4'):
+        scores.check_finite()
+    with pytest.raises(ValueError, match='caption 0 and video 4'):
+        scores.row_tiles(torch.arange(3))(0, 5)
+
+
+def test_pair_scores_compute_under_the_grad_mode_they_were_made_in():
+    from mmclip4clip.evaluation.scores import PairScores
+    weight = torch.ones(4, requires_grad=True)
+
+    def scorer(text, frames, mask):
+        return _pair_scorer(text * weight, frames, mask)
+
+    text, frames, mask = torch.randn(2, 4), torch.randn(3, 2, 4), torch.ones(3, 2)
+    with torch.no_grad():
+        lazy = PairScores(scorer, text, frames, mask)
+    assert not lazy.full().requires_grad  # computed here, with grad on
+    assert PairScores(scorer, text, frames, mask).full().requires_grad
+
+
+def test_a_user_tensor_is_wrapped_once_and_checked():
+    from mmclip4clip.evaluation.scores import DenseScores, as_scores
+    matrix = torch.randn(3, 4)
+    wrapped = as_scores(matrix)
+    assert isinstance(wrapped, DenseScores) and as_scores(wrapped) is wrapped
+    assert torch.equal(wrapped.rows(torch.tensor([2, 0])), matrix[[2, 0]])
+    with pytest.raises(ValueError, match='2-d'):
+        as_scores(torch.randn(3))
+    with pytest.raises(ValueError, match='float'):
+        as_scores(torch.ones(3, 4, dtype=torch.long))
+    matrix[1, 2] = float('nan')
+    with pytest.raises(ValueError, match='row 1 .* column 2'):
+        as_scores(matrix).check_finite()
