@@ -64,7 +64,7 @@ from mmengine.registry import DefaultScope
 from torch.nn.parallel import DistributedDataParallel
 
 import mmclip4clip  # noqa: F401  (registers the components)
-from mmclip4clip.models.retrievers import clip4clip as clip4clip_module
+from mmclip4clip.models.heads import loose as loose_heads_module
 from mmclip4clip.registry import MODELS
 
 WORLD_SIZE = 2
@@ -171,7 +171,7 @@ def worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
                 # A fresh model and wrapper each pass: no stale gradients.
                 model = build_model(head)
                 ddp = DistributedDataParallel(model, device_ids=None)
-                patch = (mock.patch.object(clip4clip_module,
+                patch = (mock.patch.object(loose_heads_module,
                                            'all_gather_with_grad', gather)
                          if gather is not None else nullcontext())
                 with patch:
