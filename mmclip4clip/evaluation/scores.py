@@ -57,7 +57,8 @@ class Scores:
     def check_finite(self) -> None:
         """Raise ValueError naming the first caption, video or pair whose
         score is NaN or inf, where it can be told without computing the
-        tiles (a lazy kind checks each tile as it is computed instead)."""
+        tiles (a lazy kind checks each tile as it is computed too)."""
+        raise NotImplementedError
 
     def rows(self, index: Tensor) -> Tensor:
         """Rows ``index`` of the matrix: [len(index), M]."""
