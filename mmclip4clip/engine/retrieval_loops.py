@@ -70,7 +70,6 @@ class _RetrievalLoopMixin:
 
     _stage: str
 
-
     def run(self) -> dict:
         runner, stage = self.runner, self._stage
         runner.call_hook(f'before_{stage}')
