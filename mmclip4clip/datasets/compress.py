@@ -26,15 +26,14 @@ possible to those of the original video.
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
-import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+
+from mmclip4clip.utils.parallel import map_in_processes
 
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg',
                     '.mpeg', '.flv', '.wmv', '.3gp', '.ts')
@@ -230,41 +229,19 @@ def compress_videos(src_root: str | Path, dst_root: str | Path,
                   threads=threads)
     jobs = [(src, dst, kwargs) for src, dst, _ in jobs]
 
-    bar = None
-    if progress and jobs:
-        from mmengine.utils import ProgressBar
-        print(f'Encoding {len(jobs)} videos ({len(summary.skipped)} already '
-              'done)', file=sys.stderr)
-        bar = ProgressBar(len(jobs), file=sys.stderr)
-
-    def record(src: str, error: str | None) -> None:
+    results = map_in_processes(
+        _compress_job, jobs, workers,
+        progress=(f'Encoding {len(jobs)} videos ({len(summary.skipped)} '
+                  'already done)') if progress else None,
+        # A worker died (e.g. a crash): its files and the unfinished ones.
+        on_crash=lambda job, err: (
+            job[0], f'worker failed: {type(err).__name__}: {err}'))
+    for src, error in results:
         rel = str(Path(src).relative_to(src_root))
         if error is None:
             summary.encoded.append(rel)
         else:
             summary.failed.append((rel, error))
-        if bar is not None:
-            bar.update()
-
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            record(*_compress_job(job))
-    else:
-        # fork: workers start at once, without re-importing the package.
-        method = 'fork' if 'fork' in multiprocessing.get_all_start_methods() \
-            else None
-        context = multiprocessing.get_context(method)
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = {pool.submit(_compress_job, job): job[0]
-                       for job in jobs}
-            for future in as_completed(futures):
-                try:
-                    record(*future.result())
-                except Exception as err:  # a worker died (e.g. a crash)
-                    record(futures[future],
-                           f'worker failed: {type(err).__name__}: {err}')
-    if bar is not None:
-        sys.stderr.write('\n')
     summary.encoded.sort()
     summary.failed.sort()
     summary.seconds = time.perf_counter() - start

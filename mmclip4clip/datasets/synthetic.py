@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .annotations import read_records
+
 # 4: videos encoded with X264_OPTIONS, the same bytes on every machine.
 FORMAT_VERSION = 4
 
@@ -489,8 +491,7 @@ def _is_complete(out_dir: Path, params: dict) -> bool:
                 or meta.get('params') != params):
             return False
         for split, counts in meta['splits'].items():
-            with open(out_dir / 'annotations' / f'{split}.json') as f:
-                records = json.load(f)
+            records = read_records(out_dir / 'annotations' / f'{split}.json')
             if len(records) != counts['videos'] or not all(
                     (out_dir / 'videos' / r['video']).is_file()
                     for r in records):

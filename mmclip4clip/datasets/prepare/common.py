@@ -16,10 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmclip4clip.datasets.video_text_dataset import (
-    AnnotationError,
-    load_annotations,
-)
+from mmclip4clip.datasets.annotations import AnnotationError, load_annotations
 
 
 class SourceFormatError(ValueError):
