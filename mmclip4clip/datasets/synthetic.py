@@ -375,16 +375,6 @@ def _clip_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLITS.index(split), index])
 
 
-def format_summary(meta: dict) -> str:
-    """Human-readable counts, one line per split plus the vocabulary."""
-    lines = [
-        f'{split}: {counts["videos"]} videos, {counts["captions"]} captions'
-        for split, counts in meta['splits'].items()
-    ]
-    lines.append(f'tokenizer: {meta["vocabulary"]["tokens"]} tokens')
-    return '\n'.join(lines)
-
-
 def make_synthetic_dataset(out_dir: str | Path,
                            seed: int = 0,
                            train_per_combo: int = 3,
