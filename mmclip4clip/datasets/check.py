@@ -37,6 +37,7 @@ import os.path as osp
 from collections import Counter
 from dataclasses import dataclass, field
 
+from mmclip4clip.utils.config import type_name
 from mmclip4clip.utils.parallel import map_in_processes
 
 from .annotations import AnnotationError, parse_record, read_records
@@ -321,11 +322,6 @@ def check_targets(targets: list[CheckTarget], workers: int = 1,
     return [check_target(target, probes) for target in targets]
 
 
-def _type_name(cfg: dict) -> str:
-    kind = cfg.get('type', '')
-    return (kind if isinstance(kind, str) else kind.__name__).split('.')[-1]
-
-
 def _dataset_targets(cfg: dict, split: str) -> list[CheckTarget]:
     """Targets of a dataset config, unwrapping Concat/Repeat-style datasets."""
     if cfg.get('datasets') is not None:
@@ -339,9 +335,9 @@ def _dataset_targets(cfg: dict, split: str) -> list[CheckTarget]:
     video_root = (cfg.get('data_prefix') or {}).get('video', '')
     kwargs = {}
     for transform in cfg.get('pipeline') or []:
-        if _type_name(transform) == 'SampleFramesByRate':
+        if type_name(transform) == 'SampleFramesByRate':
             kwargs['feature_framerate'] = transform.get('feature_framerate', 1)
-        elif _type_name(transform) == 'TokenizeCaptions':
+        elif type_name(transform) == 'TokenizeCaptions':
             kwargs['tokenizer'] = transform.get('tokenizer')
             kwargs['max_words'] = transform.get('max_words', 32)
     return [CheckTarget(osp.join(root, cfg['ann_file']),
