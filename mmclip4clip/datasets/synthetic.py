@@ -182,18 +182,6 @@ def _shape_masks(shape: str, xs: np.ndarray, ys: np.ndarray, radius: float,
     return (dy <= radius) & (np.abs(dx) <= (dy + radius) / 2)
 
 
-def render_clip(colour: str,
-                shape: str,
-                motion: str,
-                rng: np.random.Generator,
-                size: int = 64,
-                num_frames: int = 40) -> np.ndarray:
-    """Render one clip as a [num_frames, size, size, 3] uint8 RGB array
-    (see :func:`render_clip_and_place`)."""
-    return render_clip_and_place(colour, shape, motion, rng, size,
-                                 num_frames)[0]
-
-
 def place_words(motion: str, centre_x: float, centre_y: float,
                 size: int) -> str:
     """Where a clip's shape is, from its mean centre: the row of a

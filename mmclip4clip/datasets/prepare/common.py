@@ -48,6 +48,18 @@ class Split:
                 f'{self.num_captions} captions')
 
 
+def paragraph_splits(dataset: str, name: str, paragraphs: list[dict],
+                     sentences: list[dict] | None) -> list[Split]:
+    """A paragraph dataset's split ``<dataset>_<name>.json`` (one record per
+    video, its sentences joined) and, when ``sentences`` are given (the
+    sentence-level protocol), ``<dataset>_<name>_sentences.json``."""
+    splits = [Split(name, f'{dataset}_{name}.json', paragraphs)]
+    if sentences is not None:
+        splits.append(Split(f'{name}_sentences',
+                            f'{dataset}_{name}_sentences.json', sentences))
+    return splits
+
+
 # ----------------------------------------------------------------- reading
 
 
@@ -244,8 +256,11 @@ def write_dataset(splits: Sequence[Split], out_dir: str | Path,
                   video_dir: str | Path | None = None,
                   video_names: Callable[[str], list[str]]
                   = default_video_names) -> list[Split]:
-    """Locate the videos (if ``video_dir`` is given), then write the splits;
-    returns the splits as written."""
+    """Write the splits to ``out_dir`` (all or none, :func:`write_splits`);
+    with ``video_dir``, each record first points at the file found there
+    under one of ``video_names(record['video'])``, and records without a
+    video are left out with a warning (:func:`locate_videos`). Returns the
+    splits as written."""
     if video_dir is not None:
         splits = locate_videos(splits, video_dir, video_names)
     write_splits(splits, out_dir)
