@@ -20,7 +20,8 @@ from mmclip4clip.datasets.prepare import (  # noqa: E402
 
 def format_summary(splits: Sequence[Split]) -> str:
     """The lines the scripts end with: ``<split>: <V> videos, <C> captions``."""
-    return '\n'.join(split.summary() for split in splits)
+    return '\n'.join(f'{split.name}: {split.num_videos} videos, '
+                     f'{split.num_captions} captions' for split in splits)
 
 
 def run_cli(prepare: Callable[..., list[Split]], **kwargs) -> int:

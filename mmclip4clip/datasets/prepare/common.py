@@ -43,10 +43,6 @@ class Split:
         """Captions over all records (a paragraph counts as one)."""
         return sum(len(record['captions']) for record in self.records)
 
-    def summary(self) -> str:
-        return (f'{self.name}: {self.num_videos} videos, '
-                f'{self.num_captions} captions')
-
 
 def paragraph_splits(dataset: str, name: str, paragraphs: list[dict],
                      sentences: list[dict] | None) -> list[Split]:
