@@ -18,6 +18,7 @@ from mmclip4clip.engine.config_utils import (
     naming_absent_ranks,
 )
 from mmclip4clip.engine.runner import build_runner
+from mmclip4clip.utils.config import of_type
 
 
 def parse_args() -> argparse.Namespace:
@@ -50,7 +51,7 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
         evaluators = cfg.test_evaluator
         if isinstance(evaluators, dict):
             evaluators = [evaluators]
-        targets = [e for e in evaluators if e.get('type') == 'RetrievalMetric']
+        targets = of_type(evaluators, 'RetrievalMetric')
         if not targets:
             raise ValueError('--dump needs a RetrievalMetric in test_evaluator')
         for evaluator in targets:

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from mmclip4clip.datasets.transforms import tokenize
 from mmclip4clip.datasets.transforms.text import load_tokenizer
 from mmclip4clip.registry import TRANSFORMS
+from mmclip4clip.utils.config import of_type, type_name
 
 # Pipeline steps that need captions or pack them; replaced by _pack_frames.
 _CAPTION_STEPS = ('TokenizeCaptions', 'PackVideoTextInputs')
@@ -55,22 +56,17 @@ def _test_pipeline(cfg: Config) -> list[dict]:
     return list(cfg.test_dataloader.dataset.pipeline)
 
 
-def _step_name(step: dict) -> str:
-    return str(step['type']).split('.')[-1]
-
-
 def video_pipeline_cfg(cfg: Config) -> list[dict]:
     """The test pipeline without its caption steps (decode, sample,
     resize)."""
     return [dict(step) for step in _test_pipeline(cfg)
-            if _step_name(step) not in _CAPTION_STEPS]
+            if type_name(step) not in _CAPTION_STEPS]
 
 
 def text_settings(cfg: Config) -> tuple[str, int]:
     """``(tokenizer, max_words)`` of the test pipeline's TokenizeCaptions."""
-    for step in _test_pipeline(cfg):
-        if _step_name(step) == 'TokenizeCaptions':
-            return step['tokenizer'], step.get('max_words', 32)
+    for step in of_type(_test_pipeline(cfg), 'TokenizeCaptions'):
+        return step['tokenizer'], step.get('max_words', 32)
     raise ValueError('the test pipeline has no TokenizeCaptions step')
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from mmengine.config import Config
 
+from mmclip4clip.datasets.video_files import find_videos
 from mmclip4clip.utils import atomic_path, atomic_write
 
 from .encode import (
@@ -48,8 +49,6 @@ from .encode import (
 INDEX_FORMAT = 'mmclip4clip-video-index'
 INDEX_VERSION = 1
 META_FILE = 'index.json'
-VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.mov', '.webm', '.m4v', '.mpg',
-                    '.mpeg', '.wmv', '.flv', '.3gp', '.ts')
 EMBEDDINGS_NAME = re.compile(r'embeddings-[0-9a-f]+\.npy')
 # How far a stored row may be from unit length (float32 rounding only).
 UNIT_TOLERANCE = 1e-3
@@ -76,14 +75,6 @@ class VideoIndex:
     @property
     def videos(self) -> list[dict]:
         return self.meta['videos']
-
-
-def find_videos(video_dir: str | Path) -> list[str]:
-    """Video files under ``video_dir`` (by extension, recursively) as sorted
-    POSIX paths relative to it."""
-    root = Path(video_dir)
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob('*')
-                  if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
 
 
 def _sha256_file(path: str | Path) -> str:
@@ -311,7 +302,8 @@ def update_index(model: torch.nn.Module,
                     for i, v in enumerate(old.videos)}
         old_skipped = {s['path']: s for s in old.meta['skipped']}
 
-    files = find_videos(video_dir)
+    files = [path.relative_to(video_dir).as_posix()
+             for path in find_videos(video_dir)]
     stats = {rel: _stat(video_dir / rel) for rel in files}
     todo, skipped, counts = [], [], dict(added=0, updated=0, unchanged=0)
     for rel in files:

@@ -33,18 +33,16 @@ warnings
 """
 from __future__ import annotations
 
-import json
-import multiprocessing
-import os
 import os.path as osp
-import sys
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
+from mmclip4clip.utils.config import type_name
+from mmclip4clip.utils.parallel import map_in_processes
+
+from .annotations import AnnotationError, parse_record, read_records
 from .transforms.loading import VideoFrames
 from .transforms.sampling import sample_frame_indices
-from .video_text_dataset import AnnotationError, parse_record
 
 ERRORS = ('annotation_file', 'bad_record', 'missing', 'empty', 'unreadable',
           'too_short', 'empty_caption')
@@ -153,31 +151,12 @@ def _probe_job(args: tuple[str, bool]) -> VideoProbe:
 def probe_videos(filenames: list[str], workers: int = 1,
                  full_decode: bool = False,
                  progress: bool = False) -> dict[str, VideoProbe]:
-    """:func:`probe_video` over ``filenames``, ``workers`` processes at a time."""
+    """:func:`probe_video` over ``filenames``, ``workers`` processes at a
+    time; a worker that dies is an error (not hidden)."""
     jobs = [(name, full_decode) for name in filenames]
-    bar = None
-    if progress and jobs:
-        from mmengine.utils import ProgressBar
-        print(f'Opening {len(jobs)} videos', file=sys.stderr)
-        bar = ProgressBar(len(jobs), file=sys.stderr)
-    results = []
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            results.append(_probe_job(job))
-            if bar is not None:
-                bar.update()
-    else:
-        method = 'fork' if 'fork' in multiprocessing.get_all_start_methods() \
-            else None
-        with ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context(method)) as pool:
-            # map keeps the order; a dead worker raises here (not hidden).
-            for probe in pool.map(_probe_job, jobs, chunksize=8):
-                results.append(probe)
-                if bar is not None:
-                    bar.update()
-    if bar is not None:
-        sys.stderr.write('\n')
+    results = map_in_processes(
+        _probe_job, jobs, workers,
+        progress=f'Opening {len(jobs)} videos' if progress else None)
     return dict(zip(filenames, results))
 
 
@@ -204,17 +183,16 @@ def frames_issue(probe: VideoProbe, feature_framerate: int,
 def _load_records(target: CheckTarget, report: SplitReport) -> list:
     """The raw JSON records, or [] with an ``annotation_file`` issue."""
     try:
-        with open(target.ann_file, encoding='utf-8') as f:
-            records = json.load(f)
-    except (OSError, ValueError) as err:
-        report.issues.append(Issue('annotation_file', target.ann_file,
-                                   f'{type(err).__name__}: {err}'))
-        return []
-    if not isinstance(records, list):
-        report.issues.append(Issue('annotation_file', target.ann_file,
-                                   'expected a JSON list of records'))
-        return []
-    return records
+        return read_records(target.ann_file)
+    except OSError as err:
+        detail = f'{type(err).__name__}: {err}'
+    except AnnotationError as err:
+        # The decoder's error as it is, or why the JSON is not a list.
+        cause = err.__cause__
+        detail = (f'{type(cause).__name__}: {cause}' if cause is not None
+                  else str(err).removeprefix(f'{target.ann_file}: '))
+    report.issues.append(Issue('annotation_file', target.ann_file, detail))
+    return []
 
 
 def _check_record(record: object, index: int, target: CheckTarget,
@@ -327,11 +305,8 @@ def check_target(target: CheckTarget,
 def video_files(target: CheckTarget) -> list[str]:
     """The video paths an annotation file names (unreadable files: [])."""
     try:
-        with open(target.ann_file, encoding='utf-8') as f:
-            records = json.load(f)
-    except (OSError, ValueError):
-        return []
-    if not isinstance(records, list):
+        records = read_records(target.ann_file)
+    except (OSError, AnnotationError):
         return []
     return [osp.join(target.video_root, r['video']) for r in records
             if isinstance(r, dict) and isinstance(r.get('video'), str)
@@ -347,11 +322,6 @@ def check_targets(targets: list[CheckTarget], workers: int = 1,
     return [check_target(target, probes) for target in targets]
 
 
-def _type_name(cfg: dict) -> str:
-    kind = cfg.get('type', '')
-    return (kind if isinstance(kind, str) else kind.__name__).split('.')[-1]
-
-
 def _dataset_targets(cfg: dict, split: str) -> list[CheckTarget]:
     """Targets of a dataset config, unwrapping Concat/Repeat-style datasets."""
     if cfg.get('datasets') is not None:
@@ -365,9 +335,9 @@ def _dataset_targets(cfg: dict, split: str) -> list[CheckTarget]:
     video_root = (cfg.get('data_prefix') or {}).get('video', '')
     kwargs = {}
     for transform in cfg.get('pipeline') or []:
-        if _type_name(transform) == 'SampleFramesByRate':
+        if type_name(transform) == 'SampleFramesByRate':
             kwargs['feature_framerate'] = transform.get('feature_framerate', 1)
-        elif _type_name(transform) == 'TokenizeCaptions':
+        elif type_name(transform) == 'TokenizeCaptions':
             kwargs['tokenizer'] = transform.get('tokenizer')
             kwargs['max_words'] = transform.get('max_words', 32)
     return [CheckTarget(osp.join(root, cfg['ann_file']),
@@ -393,41 +363,3 @@ def targets_from_config(cfg) -> list[CheckTarget]:
                                         'splits': old.splits + (split, )})
             merged[key] = target
     return list(merged.values())
-
-
-def format_reports(reports: list[SplitReport], limit: int | None = 10) -> str:
-    """Counts per category and the offending files (first ``limit`` per
-    category; all when ``limit`` is None)."""
-    lines = []
-    for report in reports:
-        target = report.target
-        splits = f' [{", ".join(target.splits)}]' if target.splits else ''
-        lines.append(f'== {target.ann_file}{splits}: videos under '
-                     f'{target.video_root or "."}')
-        lines.append(f'   {report.num_records} records, {report.num_videos} '
-                     f'videos, {report.num_captions} captions; caption '
-                     f'length in {report.token_count}, limit '
-                     f'{target.max_words - 2}; sampling at '
-                     f'{target.feature_framerate} fps')
-        counts = report.counts()
-        for kind, categories in (('errors', ERRORS), ('warnings', WARNINGS)):
-            lines.append(f'   {kind}: ' + ', '.join(
-                f'{c} {counts[c]}' for c in categories))
-            for category in categories:
-                issues = [i for i in report.issues if i.category == category]
-                shown = issues if limit is None else issues[:limit]
-                if shown:
-                    lines.append(f'   {category} ({len(issues)}):')
-                    lines.extend(f'     {issue}' for issue in shown)
-                if len(shown) < len(issues):
-                    lines.append(f'     ... {len(issues) - len(shown)} more '
-                                 '(--verbose lists all)')
-    errors = sum(r.num_errors for r in reports)
-    warnings = sum(len(r.issues) - r.num_errors for r in reports)
-    lines.append(f'{"FAILED" if errors else "OK"}: {errors} errors, '
-                 f'{warnings} warnings in {len(reports)} annotation file(s)')
-    return '\n'.join(lines)
-
-
-def default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))

@@ -26,18 +26,18 @@ possible to those of the original video.
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
-import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg',
-                    '.mpeg', '.flv', '.wmv', '.3gp', '.ts')
+from mmclip4clip.utils.fileio import atomic_path
+from mmclip4clip.utils.parallel import map_in_processes
+
+from .video_files import VIDEO_EXTENSIONS, find_videos
+
 OUTPUT_SUFFIX = '.mp4'
 
 
@@ -74,20 +74,6 @@ def output_path(src_root: Path, src: Path, dst_root: Path) -> Path:
 def is_done(src: Path, dst: Path) -> bool:
     """A finished output (written by rename) not older than its source."""
     return dst.is_file() and dst.stat().st_mtime_ns >= src.stat().st_mtime_ns
-
-
-def find_videos(src_root: Path,
-                extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> list[Path]:
-    """Video files under ``src_root`` by extension, sorted; hidden files and
-    folders (such as ``.NAME.part`` temporaries) are ignored."""
-    extensions = tuple(e.lower() for e in extensions)
-    found = []
-    for folder, dirs, files in os.walk(src_root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
-        found.extend(Path(folder) / name for name in files
-                     if not name.startswith('.')
-                     and name.lower().endswith(extensions))
-    return sorted(found)
 
 
 def _resample(frames: Iterator, fps: Fraction, fallback_rate: Fraction | None
@@ -134,7 +120,8 @@ def compress_video(src: str | Path, dst: str | Path, fps: float = 3,
     """Re-encode one video (module docstring); return the frames written.
 
     Writes ``.NAME.part`` beside ``dst`` and renames it to ``dst`` only when
-    complete; the temporary file is removed on failure.
+    complete (:func:`~mmclip4clip.utils.atomic_path`, a rerun overwriting a
+    killed run's leftover); the temporary file is removed on failure.
     """
     import av
 
@@ -145,41 +132,37 @@ def compress_video(src: str | Path, dst: str | Path, fps: float = 3,
     if rate <= 0:
         raise ValueError(f'fps must be positive, got {fps}')
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f'.{dst.name}.part')
     written = 0
-    try:
-        with av.open(str(src)) as source:
-            if not source.streams.video:
-                raise ValueError('no video stream')
-            in_stream = source.streams.video[0]
-            in_stream.thread_type = 'AUTO'
-            in_stream.codec_context.thread_count = threads
-            source_rate = in_stream.average_rate or in_stream.guessed_rate
-            with av.open(str(tmp), 'w', format='mp4',
-                         options={'movflags': 'faststart'}) as out:
-                stream = None
-                for frame in _resample(source.decode(in_stream), rate,
-                                       source_rate):
-                    if stream is None:
-                        width, height = output_size(frame.width,
-                                                    frame.height, size)
-                        stream = out.add_stream(
-                            'libx264', rate=rate,
-                            options={'crf': str(crf), 'preset': preset,
-                                     'threads': str(threads)})
-                        stream.width, stream.height = width, height
-                        stream.pix_fmt = 'yuv420p'
-                    small = frame.reformat(width, height, 'yuv420p',
-                                           interpolation='BICUBIC')
-                    small.pts, small.time_base = written, 1 / rate
-                    out.mux(stream.encode(small))
-                    written += 1
+    with atomic_path(dst, rerun_overwrites=True) as tmp, \
+            av.open(str(src)) as source:
+        if not source.streams.video:
+            raise ValueError('no video stream')
+        in_stream = source.streams.video[0]
+        in_stream.thread_type = 'AUTO'
+        in_stream.codec_context.thread_count = threads
+        source_rate = in_stream.average_rate or in_stream.guessed_rate
+        with av.open(str(tmp), 'w', format='mp4',
+                     options={'movflags': 'faststart'}) as out:
+            stream = None
+            for frame in _resample(source.decode(in_stream), rate,
+                                   source_rate):
                 if stream is None:
-                    raise ValueError('no frame could be decoded')
-                out.mux(stream.encode())  # flush delayed frames
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+                    width, height = output_size(frame.width,
+                                                frame.height, size)
+                    stream = out.add_stream(
+                        'libx264', rate=rate,
+                        options={'crf': str(crf), 'preset': preset,
+                                 'threads': str(threads)})
+                    stream.width, stream.height = width, height
+                    stream.pix_fmt = 'yuv420p'
+                small = frame.reformat(width, height, 'yuv420p',
+                                       interpolation='BICUBIC')
+                small.pts, small.time_base = written, 1 / rate
+                out.mux(stream.encode(small))
+                written += 1
+            if stream is None:
+                raise ValueError('no frame could be decoded')
+            out.mux(stream.encode())  # flush delayed frames
     return written
 
 
@@ -230,53 +213,20 @@ def compress_videos(src_root: str | Path, dst_root: str | Path,
                   threads=threads)
     jobs = [(src, dst, kwargs) for src, dst, _ in jobs]
 
-    bar = None
-    if progress and jobs:
-        from mmengine.utils import ProgressBar
-        print(f'Encoding {len(jobs)} videos ({len(summary.skipped)} already '
-              'done)', file=sys.stderr)
-        bar = ProgressBar(len(jobs), file=sys.stderr)
-
-    def record(src: str, error: str | None) -> None:
+    results = map_in_processes(
+        _compress_job, jobs, workers,
+        progress=(f'Encoding {len(jobs)} videos ({len(summary.skipped)} '
+                  'already done)') if progress else None,
+        # A worker died (e.g. a crash): its files and the unfinished ones.
+        on_crash=lambda job, err: (
+            job[0], f'worker failed: {type(err).__name__}: {err}'))
+    for src, error in results:
         rel = str(Path(src).relative_to(src_root))
         if error is None:
             summary.encoded.append(rel)
         else:
             summary.failed.append((rel, error))
-        if bar is not None:
-            bar.update()
-
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            record(*_compress_job(job))
-    else:
-        # fork: workers start at once, without re-importing the package.
-        method = 'fork' if 'fork' in multiprocessing.get_all_start_methods() \
-            else None
-        context = multiprocessing.get_context(method)
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = {pool.submit(_compress_job, job): job[0]
-                       for job in jobs}
-            for future in as_completed(futures):
-                try:
-                    record(*future.result())
-                except Exception as err:  # a worker died (e.g. a crash)
-                    record(futures[future],
-                           f'worker failed: {type(err).__name__}: {err}')
-    if bar is not None:
-        sys.stderr.write('\n')
     summary.encoded.sort()
     summary.failed.sort()
     summary.seconds = time.perf_counter() - start
     return summary
-
-
-def format_summary(summary: CompressSummary) -> str:
-    """Counts, then every failure with its reason."""
-    lines = [f'encoded {len(summary.encoded)}, already done '
-             f'{len(summary.skipped)}, failed {len(summary.failed)} '
-             f'in {summary.seconds:.1f} s']
-    if summary.failed:
-        lines.append('failed:')
-        lines.extend(f'  {path}: {why}' for path, why in summary.failed)
-    return '\n'.join(lines)

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .annotations import read_records
+
 # 4: videos encoded with X264_OPTIONS, the same bytes on every machine.
 FORMAT_VERSION = 4
 
@@ -178,18 +180,6 @@ def _shape_masks(shape: str, xs: np.ndarray, ys: np.ndarray, radius: float,
         return dx**2 + dy**2 <= radius**2
     # Upright isosceles triangle: apex at the top, base as wide as it is tall.
     return (dy <= radius) & (np.abs(dx) <= (dy + radius) / 2)
-
-
-def render_clip(colour: str,
-                shape: str,
-                motion: str,
-                rng: np.random.Generator,
-                size: int = 64,
-                num_frames: int = 40) -> np.ndarray:
-    """Render one clip as a [num_frames, size, size, 3] uint8 RGB array
-    (see :func:`render_clip_and_place`)."""
-    return render_clip_and_place(colour, shape, motion, rng, size,
-                                 num_frames)[0]
 
 
 def place_words(motion: str, centre_x: float, centre_y: float,
@@ -373,16 +363,6 @@ def _clip_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLITS.index(split), index])
 
 
-def format_summary(meta: dict) -> str:
-    """Human-readable counts, one line per split plus the vocabulary."""
-    lines = [
-        f'{split}: {counts["videos"]} videos, {counts["captions"]} captions'
-        for split, counts in meta['splits'].items()
-    ]
-    lines.append(f'tokenizer: {meta["vocabulary"]["tokens"]} tokens')
-    return '\n'.join(lines)
-
-
 def make_synthetic_dataset(out_dir: str | Path,
                            seed: int = 0,
                            train_per_combo: int = 3,
@@ -489,8 +469,7 @@ def _is_complete(out_dir: Path, params: dict) -> bool:
                 or meta.get('params') != params):
             return False
         for split, counts in meta['splits'].items():
-            with open(out_dir / 'annotations' / f'{split}.json') as f:
-                records = json.load(f)
+            records = read_records(out_dir / 'annotations' / f'{split}.json')
             if len(records) != counts['videos'] or not all(
                     (out_dir / 'videos' / r['video']).is_file()
                     for r in records):

@@ -1,11 +1,6 @@
-"""Video-text retrieval dataset on mmclip4clip's annotation format.
-
-An annotation file is a JSON list; each record describes one video::
-
-    {"video": "train/clip_0001.mp4",        # path under data_prefix['video']
-     "captions": ["a man cooks", "..."],     # one or more (or one string)
-     "start": 12.0, "end": 31.5,             # optional segment, in seconds
-     "video_id": "clip_0001"}                # optional, default: "video"
+"""Video-text retrieval dataset on mmclip4clip's annotation format
+(:mod:`mmclip4clip.datasets.annotations`: a JSON list of records, one per
+video, with ``video``, ``captions`` and an optional segment and id).
 
 Training (``test_mode=False``) yields one sample per (video, caption);
 evaluation (``test_mode=True``) yields one sample per video carrying all its
@@ -44,77 +39,14 @@ import shutil
 import tempfile
 import weakref
 from collections import defaultdict
-from numbers import Real
 
 from mmengine.dataset import BaseDataset
 from mmengine.logging import print_log
 
 from mmclip4clip.registry import DATASETS
 
-RECORD_KEYS = {'video', 'captions', 'start', 'end', 'video_id'}
-
-
-class AnnotationError(ValueError):
-    """A record of an annotation file is malformed."""
-
-
-def parse_record(record: object, where: str) -> dict:
-    """Validate one annotation record; errors name ``where`` (file, index)."""
-    if not isinstance(record, dict):
-        raise AnnotationError(f'{where}: expected an object, got '
-                              f'{type(record).__name__}')
-    unknown = set(record) - RECORD_KEYS
-    if unknown:
-        raise AnnotationError(f'{where}: unknown key(s) {sorted(unknown)}; '
-                              f'allowed: {sorted(RECORD_KEYS)}')
-    video = record.get('video')
-    if not isinstance(video, str) or not video:
-        raise AnnotationError(f'{where}: "video" must be a non-empty path')
-    captions = record.get('captions')
-    if isinstance(captions, str):
-        captions = [captions]
-    if not isinstance(captions, list) or not captions:
-        raise AnnotationError(f'{where} ({video}): "captions" must be a '
-                              'non-empty list of strings')
-    for caption in captions:
-        if not isinstance(caption, str) or not caption.strip():
-            raise AnnotationError(f'{where} ({video}): empty or non-string '
-                                  f'caption {caption!r}')
-    start, end = record.get('start'), record.get('end')
-    if (start is None) != (end is None):
-        raise AnnotationError(f'{where} ({video}): give both "start" and '
-                              '"end" or neither')
-    if start is not None:
-        if not all(isinstance(v, Real) and not isinstance(v, bool)
-                   for v in (start, end)) or not 0 <= start < end:
-            raise AnnotationError(f'{where} ({video}): need numbers '
-                                  f'0 <= start < end, got {start}, {end}')
-    return dict(video=video, captions=captions, start=start, end=end,
-                video_id=str(record.get('video_id', video)))
-
-
-def load_annotations(ann_file: str) -> list[dict]:
-    """Read and validate an annotation file (see the module docstring)."""
-    if not osp.isfile(ann_file):
-        raise FileNotFoundError(f'annotation file {ann_file} does not exist')
-    with open(ann_file, encoding='utf-8') as f:
-        try:
-            records = json.load(f)
-        except json.JSONDecodeError as err:
-            raise AnnotationError(f'{ann_file}: not valid JSON ({err})') \
-                from err
-    if not isinstance(records, list):
-        raise AnnotationError(f'{ann_file}: expected a JSON list of records')
-    parsed = [parse_record(r, f'{ann_file}, record {i}')
-              for i, r in enumerate(records)]
-    seen: dict[str, int] = {}
-    for i, rec in enumerate(parsed):
-        if rec['video_id'] in seen:
-            raise AnnotationError(
-                f'{ann_file}, record {i}: video_id {rec["video_id"]!r} '
-                f'already used by record {seen[rec["video_id"]]}')
-        seen[rec['video_id']] = i
-    return parsed
+from .annotations import load_annotations
+from .check import frames_issue, probe_video
 
 
 def _remove_folder(folder: str, owner: int) -> None:
@@ -229,8 +161,6 @@ class VideoTextDataset(BaseDataset):
         open or give no frame, before the evaluation starts."""
         if not (self.skip_broken and self.test_mode):
             return self.data_list
-        from .check import frames_issue, probe_video
-
         feature_framerate = next(
             (t.feature_framerate for t in self.pipeline.transforms
              if hasattr(t, 'feature_framerate')), 1)

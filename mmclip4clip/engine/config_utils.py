@@ -14,6 +14,7 @@ from mmclip4clip.engine.cfg_options import (
     check_settings,
 )
 from mmclip4clip.engine.compat import enable_cpu_distributed
+from mmclip4clip.utils.config import type_name
 
 __all__ = ['ConfigOptionError', 'apply_common_args', 'finish_distributed',
            'merge_cfg_options', 'naming_absent_ranks']
@@ -51,7 +52,7 @@ def _tokenizers_follow_weights(node, old: str | None, new: str) -> None:
     if old is None:
         return
     if isinstance(node, dict):
-        if node.get('type') == 'TokenizeCaptions' and \
+        if type_name(node) == 'TokenizeCaptions' and \
                 node.get('tokenizer') == old:
             node['tokenizer'] = new
         children = node.values()

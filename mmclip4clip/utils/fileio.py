@@ -1,9 +1,11 @@
 """Write files so that a reader never sees half of one.
 
-Every output of the package (checkpoints, score dumps, video indexes) goes
-through a temporary file in the destination folder that is renamed over the
-real name only once it is complete: a crash, a full disk or a kill leaves
-the previous file (or none), never a partial one under the real name.
+Every output of the package (checkpoints, score dumps, video indexes,
+annotation files, re-encoded videos) goes through a temporary file in the
+destination folder that is renamed over the real name only once it is
+complete: a crash, a full disk or a kill leaves the previous file (or none),
+never a partial one under the real name. (The synthetic dataset is a folder:
+it is swapped in by two renames of its own, ``datasets/synthetic.py``.)
 
 The temporary file is created like ``open(path, 'w')`` would create it
 (mode 0666 less the umask), not like ``tempfile.mkstemp`` (always 0600), so
@@ -25,7 +27,8 @@ def _temp_name(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike,
+                rerun_overwrites: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` when
     the block ends without an error, delete it otherwise.
 
@@ -33,10 +36,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     encoders). The temporary file exists (empty, with the umask's mode)
     when the block starts, so its permissions are the usual ones even if
     the writer replaces it.
+
+    The temporary's name is unique (``.NAME.<pid>.<random>.tmp``), so
+    processes writing the same file do not clash. With
+    ``rerun_overwrites`` it is always ``.NAME.part``, truncated if there:
+    for a file only one process writes, in jobs meant to be killed and
+    started again (re-encoding a video tree), where a killed run's leftover
+    is then overwritten by the next rather than piling up.
     """
     path = Path(path)
-    tmp = _temp_name(path)
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    if rerun_overwrites:
+        tmp = path.with_name(f'.{path.name}.part')
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    else:
+        tmp = _temp_name(path)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    os.close(os.open(tmp, flags, 0o666))
     try:
         yield tmp
         with open(tmp, 'rb+') as f:  # the data is on disk before the rename

@@ -26,7 +26,11 @@ from mmclip4clip.apis import (
 )
 from mmclip4clip.apis.encode import QueryWarning
 from mmclip4clip.apis.index import save_index
-from mmclip4clip.datasets.synthetic import build_tokenizer, render_clip, write_mp4
+from mmclip4clip.datasets.synthetic import (
+    build_tokenizer,
+    render_clip_and_place,
+    write_mp4,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / ('configs/retrieval/clip4clip/'
@@ -48,8 +52,9 @@ def setup(tmp_path_factory):
     for name, (colour, shape, motion) in CLIPS.items():
         path = root / 'videos' / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_mp4(render_clip(colour, shape, motion, rng, size=32,
-                              num_frames=20), path, fps=10)
+        frames, _ = render_clip_and_place(colour, shape, motion, rng,
+                                          size=32, num_frames=20)
+        write_mp4(frames, path, fps=10)
     cfg = Config.fromfile(str(CONFIG))
     for step in cfg.test_dataloader.dataset.pipeline:
         if step['type'] == 'TokenizeCaptions':

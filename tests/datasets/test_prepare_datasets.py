@@ -486,10 +486,11 @@ def test_failure_while_writing_leaves_no_partial_files(tmp_path,
     assert (out / 'msrvtt_train_9k.json').read_text() == 'old'
 
 
-def test_cli_reports_errors_without_traceback(tmp_path, capsys):
+def test_cli_reports_errors_without_traceback(tmp_path, capsys, load_tool):
     root = make_msrvtt(tmp_path / 'src')
     (root / 'MSRVTT_data.json').unlink()
-    status = common.run_cli(prepare_msrvtt, root=root, out_dir=tmp_path)
+    cli = load_tool('tools/data/prepare_cli.py')
+    status = cli.run_cli(prepare_msrvtt, root=root, out_dir=tmp_path)
     assert status == 1
     captured = capsys.readouterr()
     assert captured.out == ''

@@ -22,10 +22,15 @@ from mmclip4clip.datasets.synthetic import (
     ensure_synthetic_dataset,
     load_meta,
     make_synthetic_dataset,
-    render_clip,
     render_clip_and_place,
     write_mp4,
 )
+
+
+def render_clip(*args, **kwargs) -> np.ndarray:
+    """The frames alone, [T, H, W, 3] uint8."""
+    return render_clip_and_place(*args, **kwargs)[0]
+
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The parameters of the shared ``synthetic`` fixture (conftest.py).

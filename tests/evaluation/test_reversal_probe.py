@@ -1,14 +1,22 @@
-"""The reversal probe: a clip against its time-reversed copy."""
+"""The reversal probe (tools/analysis_tools/reversal.py): a clip against its
+time-reversed copy."""
+import importlib.util
+from pathlib import Path
+
 import torch
 from mmengine.registry import DefaultScope
 from mmengine.structures import BaseDataElement
 
 import mmclip4clip  # noqa: F401
-from mmclip4clip.evaluation.reversal_probe import (
-    reversal_accuracy,
-    reverse_real_frames,
-)
 from mmclip4clip.registry import MODELS
+
+_REVERSAL = (Path(__file__).resolve().parents[2] / 'tools' / 'analysis_tools' /
+             'reversal.py')
+_spec = importlib.util.spec_from_file_location('reversal', _REVERSAL)
+reversal = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(reversal)
+reversal_accuracy = reversal.reversal_accuracy
+reverse_real_frames = reversal.reverse_real_frames
 
 # A tiny CLIP: ids 62/63 are start/end of text, frames 16 px.
 TINY_CLIP = dict(

@@ -52,3 +52,15 @@ def test_append_mode_refused(tmp_path):
     with pytest.raises(ValueError, match="mode must be 'w' or 'wb'"):
         with atomic_write(tmp_path / 'x', 'ab'):
             pass
+
+
+def test_rerun_overwrites_a_killed_runs_leftover_temp(tmp_path):
+    """``rerun_overwrites``: the temporary is ``.NAME.part``, so a run
+    started again after a kill reuses it instead of leaving another."""
+    target = tmp_path / 'clip.mp4'
+    (tmp_path / '.clip.mp4.part').write_bytes(b'left by a killed run')
+    with atomic_path(target, rerun_overwrites=True) as tmp:
+        assert tmp.name == '.clip.mp4.part' and tmp.read_bytes() == b''
+        tmp.write_bytes(b'video')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['clip.mp4']
+    assert target.read_bytes() == b'video'

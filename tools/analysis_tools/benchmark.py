@@ -35,11 +35,12 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+# The sections: a package beside this script (tooling, not the library);
+# Python puts this folder first on sys.path when it runs the script.
+import benchmarks
 import torch
 
-from mmclip4clip import benchmark
-
-SECTIONS = benchmark.SECTIONS
+SECTIONS = benchmarks.SECTIONS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,8 +79,8 @@ def main() -> None:
         raise SystemExit('--device cuda, but CUDA is not available')
     sizes = 'quick' if args.quick else 'tiny' if args.tiny else 'full'
     result = dict(machine=machine(device), quick=args.quick, sizes=sizes)
-    peak = benchmark.matmul_peak_flops(
-        device, size=benchmark.SIZES[sizes].matmul_size)
+    peak = benchmarks.matmul_peak_flops(
+        device, size=benchmarks.SIZES[sizes].matmul_size)
     result['matmul'] = dict(fp32_flops_per_s=peak)
     print(f'matmul: {peak / 1e9:.1f} GFLOP/s (fp32)', flush=True)
     # On a CPU, sections fork from a server that has imported the package
@@ -89,7 +90,7 @@ def main() -> None:
         fresh = multiprocessing.get_context('spawn')
     else:
         fresh = multiprocessing.get_context('forkserver')
-        fresh.set_forkserver_preload(['mmclip4clip.benchmark'])
+        fresh.set_forkserver_preload(['benchmarks'])
     with tempfile.TemporaryDirectory() as tmp:
         for name in SECTIONS:
             if name not in args.sections:
@@ -98,7 +99,7 @@ def main() -> None:
             # allocator state it leaves behind, counts in the next one's peak.
             with ProcessPoolExecutor(1, mp_context=fresh) as pool:
                 result[name] = pool.submit(
-                    benchmark.run_section, name, args.device, peak,
+                    benchmarks.run_section, name, args.device, peak,
                     args.work_dir or tmp, sizes, args.tight_large).result()
             print(f'{name}: ' + json.dumps(result[name]), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
+from reversal import reversal_accuracy  # the measure, beside this script
 
 from mmclip4clip.apis import init_retriever
-from mmclip4clip.evaluation.reversal_probe import reversal_accuracy
 from mmclip4clip.registry import DATASETS
 
 

@@ -13,6 +13,7 @@ too-short videos and empty or over-long captions, with counts per category
 any error; warnings alone exit 0.
 """
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -20,12 +21,47 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mmclip4clip.datasets.check import (  # noqa: E402
+    ERRORS,
+    WARNINGS,
     CheckTarget,
+    SplitReport,
     check_targets,
-    default_workers,
-    format_reports,
     targets_from_config,
 )
+
+
+def format_reports(reports: list[SplitReport], limit: int | None = 10) -> str:
+    """Counts per category and the offending files (first ``limit`` per
+    category; all when ``limit`` is None)."""
+    lines = []
+    for report in reports:
+        target = report.target
+        splits = f' [{", ".join(target.splits)}]' if target.splits else ''
+        lines.append(f'== {target.ann_file}{splits}: videos under '
+                     f'{target.video_root or "."}')
+        lines.append(f'   {report.num_records} records, {report.num_videos} '
+                     f'videos, {report.num_captions} captions; caption '
+                     f'length in {report.token_count}, limit '
+                     f'{target.max_words - 2}; sampling at '
+                     f'{target.feature_framerate} fps')
+        counts = report.counts()
+        for kind, categories in (('errors', ERRORS), ('warnings', WARNINGS)):
+            lines.append(f'   {kind}: ' + ', '.join(
+                f'{c} {counts[c]}' for c in categories))
+            for category in categories:
+                issues = [i for i in report.issues if i.category == category]
+                shown = issues if limit is None else issues[:limit]
+                if shown:
+                    lines.append(f'   {category} ({len(issues)}):')
+                    lines.extend(f'     {issue}' for issue in shown)
+                if len(shown) < len(issues):
+                    lines.append(f'     ... {len(issues) - len(shown)} more '
+                                 '(--verbose lists all)')
+    errors = sum(r.num_errors for r in reports)
+    warnings = sum(len(r.issues) - r.num_errors for r in reports)
+    lines.append(f'{"FAILED" if errors else "OK"}: {errors} errors, '
+                 f'{warnings} warnings in {len(reports)} annotation file(s)')
+    return '\n'.join(lines)
 
 
 def parse_args() -> argparse.Namespace:
@@ -35,7 +71,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('inputs', nargs='+', metavar='CONFIG | ANN_FILE '
                         'VIDEO_ROOT', help='a config file (.py), or an '
                         'annotation file and the folder its videos are under')
-    parser.add_argument('--workers', type=int, default=default_workers(),
+    parser.add_argument('--workers', type=int,
+                        default=max(1, min(8, os.cpu_count() or 1)),
                         help='parallel processes opening videos (default: '
                         '%(default)s)')
     parser.add_argument('--full-decode', action='store_true',

@@ -19,10 +19,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mmclip4clip.datasets.compress import (  # noqa: E402
-    VIDEO_EXTENSIONS,
+    CompressSummary,
     compress_videos,
-    format_summary,
 )
+from mmclip4clip.datasets.video_files import VIDEO_EXTENSIONS  # noqa: E402
+
+
+def format_summary(summary: CompressSummary) -> str:
+    """Counts, then every failure with its reason."""
+    lines = [f'encoded {len(summary.encoded)}, already done '
+             f'{len(summary.skipped)}, failed {len(summary.failed)} '
+             f'in {summary.seconds:.1f} s']
+    if summary.failed:
+        lines.append('failed:')
+        lines.extend(f'  {path}: {why}' for path, why in summary.failed)
+    return '\n'.join(lines)
 
 
 def parse_args() -> argparse.Namespace:

@@ -17,9 +17,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mmclip4clip.datasets.synthetic import (  # noqa: E402
     ensure_synthetic_dataset,
-    format_summary,
     load_meta,
 )
+
+
+def format_summary(meta: dict) -> str:
+    """Human-readable counts, one line per split plus the vocabulary."""
+    lines = [
+        f'{split}: {counts["videos"]} videos, {counts["captions"]} captions'
+        for split, counts in meta['splits'].items()
+    ]
+    lines.append(f'tokenizer: {meta["vocabulary"]["tokens"]} tokens')
+    return '\n'.join(lines)
 
 
 def parse_args() -> argparse.Namespace:

@@ -14,8 +14,9 @@ from pathlib import Path
 # Run from a source checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from prepare_cli import prepare_main  # noqa: E402  (beside this script)
+
 from mmclip4clip.datasets.prepare import prepare_didemo  # noqa: E402
-from mmclip4clip.datasets.prepare.common import prepare_main  # noqa: E402
 
 if __name__ == '__main__':
     sys.exit(prepare_main(

@@ -31,6 +31,7 @@ from .common import (
     clean_caption,
     default_video_names,
     load_json,
+    paragraph_splits,
     require_file,
     write_dataset,
 )
@@ -105,11 +106,8 @@ def read_split(name: str, path: Path, sentence_level: bool) -> list[Split]:
             sentences.append(dict(video=video, captions=[caption],
                                   start=start, end=end,
                                   video_id=f'{video_id}#{i}'))
-    splits = [Split(name, f'activitynet_{name}.json', paragraphs)]
-    if sentence_level:
-        splits.append(Split(f'{name}_sentences',
-                            f'activitynet_{name}_sentences.json', sentences))
-    return splits
+    return paragraph_splits('activitynet', name, paragraphs,
+                            sentences if sentence_level else None)
 
 
 def build_activitynet_splits(root: str | Path, sentence_level: bool = False
@@ -124,11 +122,9 @@ def build_activitynet_splits(root: str | Path, sentence_level: bool = False
 def prepare_activitynet(root: str | Path, out_dir: str | Path,
                         video_dir: str | Path | None = None,
                         sentence_level: bool = False) -> list[Split]:
-    """Write ActivityNet Captions' annotation files to ``out_dir``.
-
-    With ``video_dir``, each record points at the file found there under
-    the official or CLIP4Clip's name, and records without a video are left
-    out (with a warning). Returns the splits as written.
-    """
+    """Write ActivityNet Captions' annotation files to ``out_dir``, the
+    records pointed at the videos under ``video_dir`` if given, by the
+    official or CLIP4Clip's name (:func:`~.common.write_dataset`); returns
+    the splits as written."""
     return write_dataset(build_activitynet_splits(root, sentence_level),
                          out_dir, video_dir, video_names)

@@ -2,12 +2,13 @@
 
 Each dataset module parses its public annotation files into :class:`Split`
 objects (records in mmclip4clip's annotation format); this module cleans
-captions, optionally finds the real video files, writes the annotation files
-atomically and formats the summary the scripts print.
+captions, optionally finds the real video files and writes the annotation
+files atomically. The scripts' command line and summary are
+``tools/data/prepare_cli.py``.
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
 import csv
 import json
 import os
@@ -16,10 +17,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmclip4clip.datasets.video_text_dataset import (
-    AnnotationError,
-    load_annotations,
-)
+from mmclip4clip.datasets.annotations import AnnotationError, load_annotations
+from mmclip4clip.utils.fileio import atomic_path
 
 
 class SourceFormatError(ValueError):
@@ -44,14 +43,17 @@ class Split:
         """Captions over all records (a paragraph counts as one)."""
         return sum(len(record['captions']) for record in self.records)
 
-    def summary(self) -> str:
-        return (f'{self.name}: {self.num_videos} videos, '
-                f'{self.num_captions} captions')
 
-
-def format_summary(splits: Sequence[Split]) -> str:
-    """The lines the scripts end with: ``<split>: <V> videos, <C> captions``."""
-    return '\n'.join(split.summary() for split in splits)
+def paragraph_splits(dataset: str, name: str, paragraphs: list[dict],
+                     sentences: list[dict] | None) -> list[Split]:
+    """A paragraph dataset's split ``<dataset>_<name>.json`` (one record per
+    video, its sentences joined) and, when ``sentences`` are given (the
+    sentence-level protocol), ``<dataset>_<name>_sentences.json``."""
+    splits = [Split(name, f'{dataset}_{name}.json', paragraphs)]
+    if sentences is not None:
+        splits.append(Split(f'{name}_sentences',
+                            f'{dataset}_{name}_sentences.json', sentences))
+    return splits
 
 
 # ----------------------------------------------------------------- reading
@@ -127,10 +129,11 @@ def clean_caption(text: object, where: str) -> str:
 # ------------------------------------------------------------ video files
 
 
-class VideoIndex:
+class VideoFileLookup:
     """The files under a video folder, looked up the way CLIP4Clip's loaders
     find videos (``os.walk`` over sub-folders): by relative path, by file
-    name, or by file name without its extension.
+    name, or by file name without its extension. Any extension counts (a
+    dataset's own videos may come in any container); hidden files do not.
 
     Args:
         video_dir: the folder that ``data_prefix['video']`` will point to.
@@ -176,7 +179,7 @@ def locate_videos(splits: Sequence[Split], video_dir: str | Path,
     video is not there are left out with a warning on stderr (CLIP4Clip's
     loaders skip them silently); a split with no video left is an error.
     """
-    index = VideoIndex(video_dir)
+    lookup = VideoFileLookup(video_dir)
     found: dict[str, str | None] = {}
     located = []
     for split in splits:
@@ -184,7 +187,7 @@ def locate_videos(splits: Sequence[Split], video_dir: str | Path,
         for record in split.records:
             video = record['video']
             if video not in found:
-                found[video] = index.find(video_names(video))
+                found[video] = lookup.find(video_names(video))
             if found[video] is None:
                 if video not in missing:
                     missing.append(video)
@@ -193,10 +196,10 @@ def locate_videos(splits: Sequence[Split], video_dir: str | Path,
         if not records:
             raise FileNotFoundError(
                 f'{split.name}: none of its {len(missing)} videos is under '
-                f'{index.root} (e.g. {missing[0]})')
+                f'{lookup.root} (e.g. {missing[0]})')
         if missing:
             print(f'warning: {split.name}: {len(missing)} videos not found '
-                  f'under {index.root}, their records are left out (e.g. '
+                  f'under {lookup.root}, their records are left out (e.g. '
                   f'{", ".join(missing[:3])})', file=sys.stderr)
         located.append(Split(split.name, split.filename, records))
     return located
@@ -229,80 +232,32 @@ def write_splits(splits: Sequence[Split], out_dir: str | Path) -> list[Path]:
             raise SourceFormatError(f'{split.name}: no video in this split')
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    temps: list[Path] = []
-    try:
-        for split in splits:
-            # Not tempfile.mkstemp: its files are private (0600) whatever
-            # the umask, and annotation files are meant to be shared.
-            temp = out_dir / f'.{split.filename}.{os.getpid()}.tmp'
-            temps.append(temp)
+    targets = [out_dir / split.filename for split in splits]
+    # Every file stays a temporary until the last one is valid: an error
+    # unwinds the stack, deleting them all; leaving it renames them all.
+    with contextlib.ExitStack() as stack:
+        for split, target in zip(splits, targets):
+            temp = stack.enter_context(atomic_path(target))
             with open(temp, 'w', encoding='utf-8') as f:
                 _dump(split.records, f)
-                f.flush()
-                os.fsync(f.fileno())
             try:
                 load_annotations(str(temp))
             except AnnotationError as err:
-                raise AnnotationError(f'{split.name} ({out_dir / split.filename}'
-                                      f') would be invalid: {err}') from err
-        targets = []
-        for split, temp in zip(splits, temps):
-            target = out_dir / split.filename
-            os.replace(temp, target)
-            targets.append(target)
-        return targets
-    finally:
-        for temp in temps:
-            temp.unlink(missing_ok=True)
+                raise AnnotationError(f'{split.name} ({target}) would be '
+                                      f'invalid: {err}') from err
+    return targets
 
 
 def write_dataset(splits: Sequence[Split], out_dir: str | Path,
                   video_dir: str | Path | None = None,
                   video_names: Callable[[str], list[str]]
                   = default_video_names) -> list[Split]:
-    """Locate the videos (if ``video_dir`` is given), then write the splits;
-    returns the splits as written."""
+    """Write the splits to ``out_dir`` (all or none, :func:`write_splits`);
+    with ``video_dir``, each record first points at the file found there
+    under one of ``video_names(record['video'])``, and records without a
+    video are left out with a warning (:func:`locate_videos`). Returns the
+    splits as written."""
     if video_dir is not None:
         splits = locate_videos(splits, video_dir, video_names)
     write_splits(splits, out_dir)
     return list(splits)
-
-
-def run_cli(prepare: Callable[..., list[Split]], **kwargs) -> int:
-    """Run a ``prepare_*`` function for a script: print the summary, or the
-    error (missing file, malformed row) without a traceback; exit status."""
-    try:
-        splits = prepare(**kwargs)
-    except (FileNotFoundError, SourceFormatError, AnnotationError) as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 1
-    print(format_summary(splits))
-    return 0
-
-
-def prepare_main(prepare: Callable[..., list[Split]], description: str,
-                 root_help: str, default_out: str,
-                 sentence_level: bool = False) -> int:
-    """The command line of a ``tools/data/prepare_<name>.py`` script:
-    ``--root``, ``--out``, ``--video-dir`` (and ``--sentence-level`` for the
-    paragraph datasets); returns the exit status."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument('--root', required=True, help=root_help)
-    parser.add_argument(
-        '--out', default=default_out,
-        help='folder for the annotation files (default: %(default)s)')
-    parser.add_argument(
-        '--video-dir',
-        help='the video folder (optional): each record then points at the '
-        'file found there (any sub-folder, any extension) and records whose '
-        'video is missing are left out with a warning')
-    if sentence_level:
-        parser.add_argument(
-            '--sentence-level', action='store_true',
-            help='also write one record per sentence with its time segment '
-            '(<name>_<split>_sentences.json)')
-    args = parser.parse_args()
-    kwargs = dict(root=args.root, out_dir=args.out, video_dir=args.video_dir)
-    if sentence_level:
-        kwargs['sentence_level'] = args.sentence_level
-    return run_cli(prepare, **kwargs)

@@ -33,6 +33,7 @@ from .common import (
     Split,
     clean_caption,
     load_json,
+    paragraph_splits,
     read_lines,
     require_file,
     write_dataset,
@@ -96,11 +97,8 @@ def read_split(name: str, path: Path, keep: set[str] | None,
     paragraphs = [dict(video=video, captions=[' '.join(captions)], start=0,
                        end=PARAGRAPH_END, video_id=video)
                   for video, captions in texts.items()]
-    splits = [Split(name, f'didemo_{name}.json', paragraphs)]
-    if sentence_level:
-        splits.append(Split(f'{name}_sentences',
-                            f'didemo_{name}_sentences.json', sentences))
-    return splits
+    return paragraph_splits('didemo', name, paragraphs,
+                            sentences if sentence_level else None)
 
 
 def build_didemo_splits(root: str | Path, sentence_level: bool = False
@@ -121,10 +119,8 @@ def build_didemo_splits(root: str | Path, sentence_level: bool = False
 def prepare_didemo(root: str | Path, out_dir: str | Path,
                    video_dir: str | Path | None = None,
                    sentence_level: bool = False) -> list[Split]:
-    """Write DiDeMo's annotation files to ``out_dir``; returns the splits.
-
-    With ``video_dir``, each record points at the file found there and
-    records without a video are left out (with a warning).
-    """
+    """Write DiDeMo's annotation files to ``out_dir``, the records pointed
+    at the videos under ``video_dir`` if given (:func:`~.common.write_dataset`);
+    returns the splits as written."""
     return write_dataset(build_didemo_splits(root, sentence_level), out_dir,
                          video_dir, video_names)

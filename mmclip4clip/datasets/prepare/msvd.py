@@ -85,9 +85,7 @@ def build_msvd_splits(root: str | Path) -> list[Split]:
 
 def prepare_msvd(root: str | Path, out_dir: str | Path,
                  video_dir: str | Path | None = None) -> list[Split]:
-    """Write MSVD's annotation files to ``out_dir``; returns the splits.
-
-    With ``video_dir``, each record points at the file found there and
-    records without a video are left out (with a warning).
-    """
+    """Write MSVD's annotation files to ``out_dir``, the records pointed
+    at the videos under ``video_dir`` if given (:func:`~.common.write_dataset`);
+    returns the splits as written."""
     return write_dataset(build_msvd_splits(root), out_dir, video_dir)

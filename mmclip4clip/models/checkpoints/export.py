@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 from mmengine.config import Config
 
+from mmclip4clip.utils.config import type_name
 from mmclip4clip.utils.fileio import atomic_path, atomic_write
 
 from .retriever import build_converted, convert_checkpoint, load_source
@@ -36,7 +37,7 @@ def fit_data_config(cfg: Config, image_size: int, max_words: int,
     for name, pipeline in _pipelines(cfg):
         found = set()
         for transform in pipeline:
-            kind = transform.get('type')
+            kind = type_name(transform)
             if kind in values:
                 transform[_SIZE_KEYS[kind]] = values[kind]
                 found.add(kind)

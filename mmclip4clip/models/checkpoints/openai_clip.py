@@ -201,10 +201,15 @@ def _get(sd: Mapping[str, Tensor], prefix: str, name: str) -> Tensor:
     return sd[key]
 
 
-def _num_blocks(sd: Mapping[str, Tensor], block_prefix: str) -> int:
-    """Number of residual blocks ``{block_prefix}{i}.*``, checked to be 0..n-1."""
+def num_blocks(sd: Mapping[str, Tensor], block_prefix: str,
+               required: bool = True) -> int:
+    """Number of residual blocks ``{block_prefix}{i}.*``, checked to be
+    numbered 0..n-1; a KeyError when there is none, unless not
+    ``required`` (then 0)."""
     pattern = re.compile(re.escape(block_prefix) + r'(\d+)\.')
     indices = {int(m.group(1)) for k in sd if (m := pattern.match(k))}
+    if not indices and not required:
+        return 0
     if not indices:
         raise KeyError(f'no residual blocks {block_prefix}{{i}}.* in the '
                        'state dict')
@@ -253,7 +258,7 @@ def openai_clip_config(sd: Mapping[str, Tensor], prefix: str = '') -> dict:
         vocab_size=vocab_size,
         hidden_size=text_width,
         intermediate_size=_get(sd, text_prefix, '0.mlp.c_fc.weight').shape[0],
-        num_hidden_layers=_num_blocks(sd, text_prefix),
+        num_hidden_layers=num_blocks(sd, text_prefix),
         num_attention_heads=text_width // _HEAD_WIDTH,
         max_position_embeddings=context_length,
         pad_token_id=0,
@@ -264,7 +269,7 @@ def openai_clip_config(sd: Mapping[str, Tensor], prefix: str = '') -> dict:
         hidden_size=vision_width,
         intermediate_size=_get(sd, vision_prefix,
                                '0.mlp.c_fc.weight').shape[0],
-        num_hidden_layers=_num_blocks(sd, vision_prefix),
+        num_hidden_layers=num_blocks(sd, vision_prefix),
         num_attention_heads=vision_width // _HEAD_WIDTH,
         image_size=patch * grid,
         patch_size=patch,

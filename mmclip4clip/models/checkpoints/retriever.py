@@ -17,7 +17,6 @@ whose shapes are read off the weights, as the original code does.
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 from torch import Tensor
@@ -30,6 +29,7 @@ from mmclip4clip.engine.checkpoint_io import (
 from .openai_clip import (
     CLIP_ROOTS,
     load_openai_state_dict,
+    num_blocks,
     openai_clip_config,
     openai_to_hf,
 )
@@ -106,12 +106,6 @@ def infer_sim_header(sd: Mapping[str, Tensor]) -> str:
     return 'meanP'
 
 
-def _num_blocks(sd: Mapping[str, Tensor], prefix: str) -> int:
-    pattern = re.compile(re.escape(prefix) + r'(\d+)\.')
-    found = {int(m.group(1)) for k in sd if (m := pattern.match(k))}
-    return max(found) + 1 if found else 0
-
-
 def _block_heads(width: int) -> int:
     return max(width // 64, 1)
 
@@ -127,7 +121,8 @@ def head_config(sim_header: str, sd: Mapping[str, Tensor], embed_dim: int,
     table = ('head.frame_position_embeddings.weight' if sim_header == 'seqTransf'
              else 'head.position_embeddings.weight')
     rows = sd[table].shape[0] if table in sd else text_context
-    layers = _num_blocks(sd, 'head.transformer.resblocks.') or 4
+    layers = num_blocks(sd, 'head.transformer.resblocks.',
+                        required=False) or 4
     cfg = dict(embed_dim=embed_dim, num_layers=layers,
                num_heads=_block_heads(embed_dim), max_positions=rows)
     if sim_header == 'seqTransf':
@@ -269,7 +264,8 @@ def _mmaction2_head(rest: Mapping[str, Tensor], sim_header: str | None,
     return head_sd, dict(
         type='MMAction2TransformerHead', num_segs=table.shape[0],
         embed_dim=width,
-        num_layers=_num_blocks(head_sd, 'head.transformer.resblocks.'),
+        num_layers=num_blocks(head_sd, 'head.transformer.resblocks.',
+                              required=False),
         num_heads=num_heads)
 
 

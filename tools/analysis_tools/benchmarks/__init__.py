@@ -1,4 +1,6 @@
-"""The performance benchmark (``tools/analysis_tools/benchmark.py``)."""
+"""The sections of the performance benchmark ``tools/analysis_tools/benchmark.py``:
+tooling beside that script, not part of the ``mmclip4clip`` library (which
+it only imports)."""
 from .data_pipeline import data_pipeline
 from .measure import count_flops, matmul_peak_flops, median_seconds, peak_memory
 from .sections import (

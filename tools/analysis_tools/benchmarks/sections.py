@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from time import perf_counter
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -319,22 +320,20 @@ def retrieval_metrics(device: torch.device, sizes: Sizes = FULL) -> dict:
     return dict(dim=dim, runs=rows)
 
 
+# Each section from the run's settings ``run``: device, peak_flops,
+# work_dir, sizes and tight_large (see run_section).
 _RUNS = dict(
-    video=lambda dev, peak, work_dir, sizes, large: video_encoding(
-        dev, peak, sizes),
-    text=lambda dev, peak, work_dir, sizes, large: text_encoding(
-        dev, peak, sizes),
-    train=lambda dev, peak, work_dir, sizes, large: training_step(dev, sizes),
-    data=lambda dev, peak, work_dir, sizes, large: data_pipeline(
-        work_dir, num=sizes.clips, seconds=sizes.clip_seconds,
-        size=sizes.clip_size, frames=sizes.frames,
-        image_size=sizes.image_size),
-    loose=lambda dev, peak, work_dir, sizes, large: loose_scoring(dev, sizes),
-    metrics=lambda dev, peak, work_dir, sizes, large: retrieval_metrics(
-        dev, sizes),
-    tight=lambda dev, peak, work_dir, sizes, large: tight_scoring(
-        dev, sizes, large),
-    bigbatch=lambda dev, peak, work_dir, sizes, large: big_batch(dev, sizes))
+    video=lambda run: video_encoding(run.device, run.peak_flops, run.sizes),
+    text=lambda run: text_encoding(run.device, run.peak_flops, run.sizes),
+    train=lambda run: training_step(run.device, run.sizes),
+    data=lambda run: data_pipeline(
+        run.work_dir, num=run.sizes.clips, seconds=run.sizes.clip_seconds,
+        size=run.sizes.clip_size, frames=run.sizes.frames,
+        image_size=run.sizes.image_size),
+    loose=lambda run: loose_scoring(run.device, run.sizes),
+    metrics=lambda run: retrieval_metrics(run.device, run.sizes),
+    tight=lambda run: tight_scoring(run.device, run.sizes, run.tight_large),
+    bigbatch=lambda run: big_batch(run.device, run.sizes))
 SECTIONS = tuple(_RUNS)
 
 
@@ -346,7 +345,8 @@ def run_section(name: str, device: str, peak_flops: float, work_dir: str,
     peak."""
     init_default_scope('mmclip4clip')
     start = perf_counter()
-    result = _RUNS[name](torch.device(device), peak_flops, Path(work_dir),
-                         SIZES[sizes], tight_large)
+    result = _RUNS[name](SimpleNamespace(
+        device=torch.device(device), peak_flops=peak_flops,
+        work_dir=Path(work_dir), sizes=SIZES[sizes], tight_large=tight_large))
     result['section_seconds'] = perf_counter() - start
     return result
