@@ -68,14 +68,17 @@ def micro_batch_slices(batch_size: int, micro_batch_size: int) -> list[slice]:
             for start in range(0, batch_size, micro_batch_size)]
 
 
-def take(inputs: dict, rows: slice) -> dict:
-    """The training inputs of videos ``rows`` and their captions (one per
-    video, in video order)."""
-    out = {key: inputs[key][rows]
-           for key in ('frames', 'frame_mask', 'input_ids', 'attention_mask')}
+def take(data: dict, rows: slice) -> dict:
+    """The dataloader batch of videos ``rows`` and their captions (one per
+    video, in video order), not yet preprocessed."""
+    inputs = data['inputs']
+    out = {key: value[rows] for key, value in inputs.items()
+           if key != 'text_video_index'}
     out['text_video_index'] = torch.arange(
         rows.stop - rows.start, device=inputs['text_video_index'].device)
-    return out
+    samples = data.get('data_samples')
+    return dict(inputs=out,
+                data_samples=None if samples is None else samples[rows])
 
 
 def micro_batched_train_step(model: nn.Module, data, optim_wrapper,
@@ -94,13 +97,19 @@ def micro_batched_train_step(model: nn.Module, data, optim_wrapper,
         The log variables of the plain step (``loss``).
     """
     runner = model if wrapper is None else wrapper
-    with optim_wrapper.optim_context(model):
-        data = model.data_preprocessor(data, True)
-    inputs = data['inputs']
-    batch_size = model.check_training_batch(inputs)
+    batch_size = model.check_training_batch(data['inputs'])
     if batch_size <= model.micro_batch_size:
+        with optim_wrapper.optim_context(model):
+            data = model.data_preprocessor(data, True)
         return _one_pass_step(model, runner, data, optim_wrapper)
     slices = micro_batch_slices(batch_size, model.micro_batch_size)
+
+    def micro_batch(rows: slice) -> dict:
+        # Preprocessed one micro-batch at a time (twice per step): the
+        # float frames of the whole batch would cost 4x its uint8 frames.
+        with optim_wrapper.optim_context(model):
+            return model.data_preprocessor(take(data, rows), True)['inputs']
+
     # Decided before the backward passes, as mmengine's optim_context does.
     sync = optim_wrapper.should_sync()
 
@@ -109,7 +118,7 @@ def micro_batched_train_step(model: nn.Module, data, optim_wrapper,
     with torch.no_grad(), optim_wrapper.optim_context(model):
         for rows in slices:
             states.append(rng_state())
-            text, video = model.embed(take(inputs, rows))
+            text, video = model.embed(micro_batch(rows))
             texts.append(text)
             videos.append(video)
     text = torch.cat(texts).requires_grad_()  # [B, D]
@@ -124,7 +133,9 @@ def micro_batched_train_step(model: nn.Module, data, optim_wrapper,
     for _, p in trainable:
         p.grad = None
     with optim_wrapper.optim_context(model):
-        loss = model.loss_from_embeddings(text, video, inputs['frame_mask'])
+        loss = model.loss_from_embeddings(
+            text, video,
+            model.data_preprocessor.cast_data(data['inputs']['frame_mask']))
     parsed_loss, log_vars = model.parse_losses(dict(loss=loss))
     optim_wrapper.backward(optim_wrapper.scale_loss(parsed_loss))
     after_loss = rng_state()
@@ -141,7 +152,7 @@ def micro_batched_train_step(model: nn.Module, data, optim_wrapper,
         with wrapper.no_sync() if no_sync else nullcontext():
             with optim_wrapper.optim_context(model):
                 surrogate = runner(
-                    inputs=dict(batch=take(inputs, rows),
+                    inputs=dict(batch=micro_batch(rows),
                                 text_grad=text.grad[rows],
                                 video_grad=video.grad[rows],
                                 param_grads=param_grads if last else {}),

@@ -282,7 +282,8 @@ def test_tower_dropout_is_replayed_in_the_second_pass():
     slow = build_model('dropoutMeanP')
     inputs = slow.data_preprocessor(copy.deepcopy(data), True)['inputs']
     torch.manual_seed(5)
-    parts = [slow.embed(grad_cache.take(inputs, rows))
+    parts = [slow.embed(slow.data_preprocessor(grad_cache.take(data, rows),
+                                               True)['inputs'])
              for rows in grad_cache.micro_batch_slices(5, 2)]
     loss = slow.loss_from_embeddings(torch.cat([t for t, _ in parts]),
                                      torch.cat([v for _, v in parts]),
@@ -574,3 +575,22 @@ def test_cfg_options_accept_micro_batch_size():
     assert cfg.model.micro_batch_size == 8
     with pytest.raises(ConfigOptionError, match='micro_batch_size'):
         merge_cfg_options(cfg, {'model.micro_batch_size': 'eight'})
+
+
+def test_frames_are_preprocessed_one_micro_batch_at_a_time():
+    """The float frames of the whole batch never exist at once: each call
+    of the data preprocessor gets at most one micro-batch of videos."""
+    model = build_model('meanP', 2)
+    expected = recorded_step(build_model('meanP'), make_data())
+    seen = []
+    forward = model.data_preprocessor.forward
+
+    def recording(data, training=False):
+        seen.append(data['inputs']['imgs'].shape[0])
+        return forward(data, training)
+
+    with mock.patch.object(model.data_preprocessor, 'forward', recording):
+        got = recorded_step(model, make_data())
+    assert seen and max(seen) <= 2, seen
+    assert sum(seen) == 2 * 5  # each micro-batch twice (both passes)
+    assert_grads_close(got['grads'], expected['grads'])

@@ -187,8 +187,9 @@ class CLIP4Clip(BaseModel):
     @staticmethod
     def check_training_batch(inputs: dict) -> int:
         """The number of videos B of a training batch; its captions must
-        be exactly one per video, in video order."""
-        num_videos = inputs['frames'].shape[0]
+        be exactly one per video, in video order (read from the frame mask
+        and index: the same before and after preprocessing)."""
+        num_videos = inputs['frame_mask'].shape[0]
         index = inputs['text_video_index']
         if index.shape[0] != num_videos or not torch.equal(
                 index, torch.arange(num_videos, device=index.device)):
