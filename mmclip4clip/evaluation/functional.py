@@ -63,9 +63,9 @@ def _count_above(scores: Tensor, threshold: Tensor, dim: int) -> Tensor:
     """Number of scores strictly above ``threshold`` along ``dim`` (long).
 
     ``(x - t) > 0`` exactly when ``x > t`` for finite floats (a difference
-    of two floats is zero only when they are equal), and as an in-place
-    float 0/1 mask it sums several times faster on the CPU than a boolean
-    mask does.
+    of two floats is zero only when they are equal); it is counted as an
+    in-place float 0/1 mask, which torch sums faster on the CPU than a
+    boolean mask.
     """
     return (scores - threshold).gt_(0).sum(dim=dim, dtype=torch.float32).long()
 

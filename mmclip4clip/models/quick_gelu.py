@@ -3,8 +3,8 @@
 ``x * sigmoid(1.702 x) = silu(1.702 x) / 1.702``, so ``proj(QuickGELU(fc(x)))``
 is ``proj'(silu(fc'(x)))`` with ``fc' = 1.702 fc`` and ``proj' = proj / 1.702``:
 one fused ``silu`` over the widest activation (4x the width) instead of three
-elementwise passes (multiply, sigmoid, multiply), which on the CPU cost 5-11 %
-of a CLIP tower. The same function; rounding differs in the last bits.
+elementwise passes (multiply, sigmoid, multiply) over it. The same function;
+rounding differs in the last bits.
 """
 from __future__ import annotations
 

@@ -21,9 +21,9 @@ micro-batched with ``with_cp``). Each section runs in a fresh process. Beside ou
 ``baseline`` entries time the earlier implementations' way on the same
 weights in the same run (transformers' CLIP forward for the towers and a
 training step, the original's full sorts for metrics; OpenCV seeking for
-data). ``--quick`` shrinks every size (about a minute on a CPU; its figures
-are not the benchmark's); ``--tiny`` runs every section on a tiny random
-CLIP and a few inputs (seconds; the tests run it to check that every section
+data). ``--quick`` shrinks every size (its figures are not the
+benchmark's); ``--tiny`` runs every section on a tiny random CLIP and a few
+inputs (the tests run it to check that every section
 still works). Prints each section as it finishes and writes all
 of them to ``--out``.
 """
@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         default=list(SECTIONS))
     parser.add_argument('--tight-large', action='store_true',
                         help='also score 1000 x 1000 tightTransf pairs '
-                        '(about 15 minutes on 2 CPU cores)')
+                        '(100 times the pairs of the 100 x 100 run)')
     parser.add_argument('--work-dir', help='where the generated clips go '
                         '(default: a temporary directory)')
     return parser.parse_args(argv)

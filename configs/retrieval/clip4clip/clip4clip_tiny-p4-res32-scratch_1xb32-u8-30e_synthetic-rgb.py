@@ -1,5 +1,5 @@
 # The built-in default: a tiny CLIP4Clip (meanP) trained from scratch on the
-# synthetic dataset, on a CPU in a few minutes. Make the data first:
+# synthetic dataset, on a CPU. Make the data first:
 #   python tools/data/make_synthetic_dataset.py --out data/synthetic
 _base_ = [
     '_base_/models/clip4clip_tiny-scratch.py',

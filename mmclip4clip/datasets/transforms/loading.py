@@ -10,9 +10,9 @@ process's CPUs among the DataLoader's workers.
 Frame ``i`` is the frame with the ``i``-th smallest presentation time, and
 frames are converted to RGB by the same FFmpeg routine decord uses, so the
 pixels are those of mmaction2's ``DecordInit`` + ``DecordDecode`` (tested on
-camera clips); decoding is faster because FFmpeg's own threading works here
-(decord's decoder gains little from threads) and because decord's bundled
-FFmpeg is slower single-threaded. mmaction2's ``PyAVDecode`` instead decodes
+camera clips); FFmpeg decodes with its own frame threads here (decord's
+decoder gains little from threads; the README's performance section
+compares the two). mmaction2's ``PyAVDecode`` instead decodes
 and converts every frame up to the last wanted one.
 
 A file that cannot be read whole raises :class:`BrokenVideoError` naming it:
@@ -141,7 +141,7 @@ def _to_rgb(frame) -> np.ndarray:
     """[H, W, 3] uint8 RGB of a decoded frame.
 
     ``VideoFrame.to_ndarray`` builds a new FFmpeg scaler, with its own thread
-    pool, for every frame (2-3x the cost of converting a 224-px frame); this
+    pool, for every frame, which costs more than the conversion; this
     keeps one single-threaded scaler per thread and process instead. (A
     scaler with threads must never cross a fork: its threads stay behind in
     the parent and a DataLoader worker waits for them forever.)

@@ -52,7 +52,7 @@ class TightTransfHead(nn.Module):
         dropout: dropout after adding positions (0.1 in the original).
         chunk_size: pairs per cross-encoder pass when scoring N x M pairs;
             sets the peak memory of evaluation. Default: 128 on the CPU
-            (the activations stay in cache: faster than larger chunks) and
+            (small enough for the activations to stay in cache) and
             2048 on a GPU.
         with_cp: activation checkpointing of each cross block in training
             (see :mod:`mmclip4clip.models.activation_checkpoint`): every

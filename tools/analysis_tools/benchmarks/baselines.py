@@ -1,7 +1,7 @@
 """The earlier implementations' way of paying each cost, measured beside ours.
 
-The benchmark's absolute targets were set on a faster host; these give the
-comparison that does not depend on the host: the same shapes and weights,
+Absolute figures depend on the host; these give the comparison that does
+not: the same shapes and weights,
 the same machine, the same run.
 
 - Towers: transformers' own CLIP forward (``get_image_features`` /

@@ -8,7 +8,7 @@ plain and in micro-batches smaller than it, each without and with
 step of the same batch, the only figures comparable across machines. The
 learning rate is 0, so the weights never move and every step of one batch
 computes the same loss: ``loss_diff`` shows it does. On a CPU the videos
-have fewer frames than the recipe's 12 (the grid runs in minutes).
+have fewer frames than the recipe's 12.
 
 On CUDA a search adds the largest global batch of ViT-B/32 x 12 frames
 that fits in the device's memory, plain and micro-batched with ``with_cp``

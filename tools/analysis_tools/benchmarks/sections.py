@@ -3,8 +3,8 @@
 Each section measures one of the costs of text-video retrieval at the shapes
 of CLIP4Clip with ViT-B/32 (random weights: speed does not depend on them)
 and returns a JSON-ready dict. Its sizes come from a :class:`Sizes`:
-``FULL`` (the benchmark), ``QUICK`` (every size shrunk, about a minute) or
-``TINY`` (a tiny CLIP and a few of everything, seconds: the tests run it so
+``FULL`` (the benchmark), ``QUICK`` (every size shrunk) or
+``TINY`` (a tiny CLIP and a few of everything: the tests run it so
 the benchmark cannot rot); the figures of the small runs are not comparable
 with the full ones. Where an earlier
 implementation pays the same cost differently, a ``baseline`` entry gives its

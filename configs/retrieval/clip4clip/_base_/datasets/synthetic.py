@@ -26,8 +26,8 @@ test_pipeline = video_text_pipeline()
 
 train_dataloader = dict(
     batch_size=32,
-    # The clips decode in ~5 ms; on a 2-core CPU worker processes only
-    # compete with the model for the cores.
+    # The clips are tiny and decode quickly; on a small CPU worker
+    # processes only compete with the model for the cores.
     num_workers=0,
     sampler=dict(type='DefaultSampler', shuffle=True),
     collate_fn=dict(type='mmclip4clip.video_text_collate'),
@@ -38,8 +38,8 @@ train_dataloader = dict(
         pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=16,
-    # The clips decode in ~5 ms; on a 2-core CPU worker processes only
-    # compete with the model for the cores.
+    # The clips are tiny and decode quickly; on a small CPU worker
+    # processes only compete with the model for the cores.
     num_workers=0,
     sampler=dict(type='DefaultSampler', shuffle=False),
     collate_fn=dict(type='mmclip4clip.video_text_collate'),
