@@ -185,31 +185,3 @@ def test_converted_openai_checkpoint_runs_in_the_test_tool(workspace):
     assert np.isfinite(result['scores']).all()
     assert result['scores'].std() > 0
     assert set(result['metrics']) == METRIC_KEYS
-
-
-def test_amp_trains_and_tests_on_the_cpu_in_bfloat16(workspace):
-    """--amp: bf16 autocast without a loss scaler on the CPU (mmengine's
-    AmpOptimWrapper refuses to start there)."""
-    work_dir = workspace / 'amp_work'
-    proc = run_tool([
-        REPO / 'tools/train.py', CONFIG, '--amp', '--work-dir', work_dir,
-        '--cfg-options', 'train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
-        'default_hooks.checkpoint.interval=1', *FEW_ITERS], cwd=workspace)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    dumped = [p.read_text() for p in work_dir.glob('*.py')]
-    assert dumped and "type='MixedPrecisionOptimWrapper'" in dumped[0]
-    import torch
-    ckpt = torch.load(work_dir / 'epoch_1.pth', map_location='cpu',
-                      weights_only=True)
-    assert 'loss_scaler' not in ckpt['optimizer']
-    assert all(v.isfinite().all() for v in ckpt['state_dict'].values()
-               if v.is_floating_point())
-    dump = workspace / 'amp_result.pkl'
-    proc = run_tool([REPO / 'tools/test.py', CONFIG, work_dir / 'epoch_1.pth',
-                     '--amp', '--dump', dump, '--work-dir', work_dir],
-                    cwd=workspace)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with open(dump, 'rb') as f:
-        result = pickle.load(f)
-    assert np.isfinite(result['scores']).all()
-    assert set(result['metrics']) == METRIC_KEYS
