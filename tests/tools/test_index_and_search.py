@@ -4,6 +4,7 @@ untrained model, so every index row and every ranking is checked exactly
 against a brute-force computation (not a model-quality threshold)."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -279,26 +280,39 @@ def test_search_argument_errors_are_one_line_and_exit_2(
     assert message in err.strip().splitlines()[-1], err
 
 
-@pytest.mark.parametrize('args, status, message', [
-    (['  '], 1, "error: the query '  ' is empty"),
-    (['zebra giraffe'], 1, 'error: the tokenizer knows none of the words'),
-    (['a red square', corrupt_index_json], 1, 'index.json: not valid JSON'),
-])
-def test_search_errors_are_one_line_and_exit_non_zero(workspace, test_index,
-                                                      tmp_path, args, status,
-                                                      message):
-    index = test_index
-    if callable(args[-1]):
-        index = tmp_path / 'index'
-        shutil.copytree(test_index, index)
-        args[-1](index)
-        args = args[:-1]
-    proc = run_tool([REPO / 'tools/search.py', index, *args, '--json'],
-                    cwd=workspace)
-    assert proc.returncode == status, proc.stderr[-3000:]
+def test_search_error_is_one_line_and_exits_non_zero(workspace, test_index,
+                                                     tmp_path):
+    """An error found while searching (here a corrupt index.json): exit 1,
+    nothing on stdout, one ``error:`` line naming the fault, no
+    traceback."""
+    index = tmp_path / 'index'
+    shutil.copytree(test_index, index)
+    corrupt_index_json(index)
+    proc = run_tool([REPO / 'tools/search.py', index, 'a red square',
+                     '--json'], cwd=workspace)
+    assert proc.returncode == 1, proc.stderr[-3000:]
     assert proc.stdout == ''
-    assert message in proc.stderr.strip().splitlines()[-1], proc.stderr
+    assert 'error: ' in proc.stderr.strip().splitlines()[-1], proc.stderr
+    assert 'index.json: not valid JSON' in \
+        proc.stderr.strip().splitlines()[-1], proc.stderr
     assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.parametrize('query, message', [
+    ('  ', "the query '  ' is empty"),
+    ('zebra giraffe', 'the tokenizer knows none of the words'),
+])
+def test_search_refuses_unusable_queries(workspace, test_index, load_tool,
+                                         monkeypatch, query, message):
+    # In-process: search() raises the ValueError that main() prints as the
+    # one error line above.
+    tool = load_tool('tools/search.py')
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    monkeypatch.setattr(sys, 'argv',
+                        ['search.py', str(test_index), query, '--json'])
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tool.search(tool.parse_args())
 
 
 def test_index_videos_batch_size_must_be_positive(workspace, checkpoint,
