@@ -5,7 +5,8 @@ tiny synthetic dataset.
 The training runs (module fixture ``runs``): 2 short epochs of the synthetic
 tightTransf config from scratch (its dropout draws from torch's generator,
 so an exact resume needs the generator states that SafeCheckpointHook
-saves), 6 iterations each (180 captions, batch 32), ``randomness.seed=0
+saves), 3 iterations each (the first 96 of the 180 captions, batch 32),
+``randomness.seed=0
 randomness.deterministic=True``, a checkpoint every epoch, all kept:
 
 * ``straight``: uninterrupted;
@@ -30,13 +31,15 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / ('configs/retrieval/clip4clip/clip4clip-tightTransf_'
                  'tiny-p4-res32-scratch_1xb32-u8-30e_synthetic-rgb.py')
 HERE = Path(__file__).resolve().parent
-ITERS_PER_EPOCH = 6  # ceil(180 captions / 32)
-KILL_AT_ITER = ITERS_PER_EPOCH + 3  # epoch 2 (1-based) after 3 of its 6 iters
+NUM_CAPTIONS = 96  # of the 180: the mechanics need iterations, not data
+ITERS_PER_EPOCH = 3  # 96 captions / 32
+KILL_AT_ITER = ITERS_PER_EPOCH + 2  # epoch 2 (1-based) after 2 of its 3 iters
 TRAIN_OPTIONS = [
     '--no-validate', '--cfg-options', 'train_cfg.max_epochs=2',
     'train_cfg.val_interval=100', 'default_hooks.checkpoint.interval=1',
     'default_hooks.checkpoint.max_keep_ckpts=-1',
     'default_hooks.logger.interval=1', 'train_dataloader.batch_size=32',
+    f'train_dataloader.dataset.indices={NUM_CAPTIONS}',
     'randomness.seed=0', 'randomness.deterministic=True',
     'load_from=None',  # from scratch, not from the synthetic meanP model
 ]
@@ -126,19 +129,20 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(runs):
     assert killed.returncode == -signal.SIGKILL, (
         f'expected death by SIGKILL, got {killed.returncode}: '
         f'{killed.stderr[-3000:]}')
-    # Killed in the middle of epoch 2: its third iteration logged, not the
-    # fourth; epoch 1's checkpoint written, epoch 2's not.
+    # Killed in the middle of epoch 2: its second iteration logged, not the
+    # third; epoch 1's checkpoint written, epoch 2's not.
     log = killed.stdout + killed.stderr
-    assert 'Epoch(train) [2][3/6]' in log
-    assert 'Epoch(train) [2][4/6]' not in log
+    assert 'Epoch(train) [2][2/3]' in log
+    assert 'Epoch(train) [2][3/3]' not in log
     assert runs['files_after_kill'] == ['epoch_1.pth']
 
     resumed = runs['resumed_proc']
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     log = resumed.stdout + resumed.stderr
-    assert re.search(r'resumed epoch: 1, iter: 6\b', log), log[-3000:]
+    assert re.search(rf'resumed epoch: 1, iter: {ITERS_PER_EPOCH}\b', log), \
+        log[-3000:]
     assert 'Epoch(train) [1]' not in log  # epoch 1 is not trained again
-    assert 'Epoch(train) [2][1/6]' in log
+    assert 'Epoch(train) [2][1/3]' in log
 
     # Same weights, optimizer state and schedule as without the crash: every
     # tensor bit for bit (the training reads no global RNG, the sampler
