@@ -46,8 +46,10 @@ def write_clip_dir(out: Path, config: dict | None = None,
     import torch
     from transformers import CLIPConfig, CLIPModel
 
-    torch.manual_seed(seed)
-    CLIPModel(CLIPConfig(**(config or TINY_CLIP))).save_pretrained(str(out))
+    with torch.random.fork_rng():  # the caller's random state is left alone
+        torch.manual_seed(seed)
+        model = CLIPModel(CLIPConfig(**(config or TINY_CLIP)))
+    model.save_pretrained(str(out))
     return out
 
 
