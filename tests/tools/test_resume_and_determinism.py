@@ -204,32 +204,38 @@ def test_resume_refuses_checkpoint_with_unsafe_pickle(workspace, runs,
     assert 'Epoch(train)' not in proc.stdout + proc.stderr
 
 
-def test_one_and_two_process_evaluation_agree_on_odd_test_set(workspace,
-                                                               runs,
-                                                               free_port):
+def test_one_and_two_process_evaluation_agree_on_odd_test_set(
+        workspace, runs, free_port, load_tool, monkeypatch):
     """45 test videos over 2 processes: the sampler pads one shard with a
-    repeated video, which the evaluation must drop."""
+    repeated video, which the evaluation must drop. The one-process run is
+    tools/test.py's main() in-process; the two processes run dist_test.sh."""
     num_videos = 45
     checkpoint = runs['straight'] / 'epoch_1.pth'
+    options = ['--cfg-options', f'test_dataloader.dataset.indices={num_videos}']
+    dumps = {}
+
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    monkeypatch.setattr(sys, 'argv', [
+        'test.py', str(CONFIG), str(checkpoint), '--dump',
+        str(workspace / 'odd_1.pkl'), '--work-dir',
+        str(workspace / 'odd_test_1'), *options])
+    load_tool('tools/test.py').main()
+    with open(workspace / 'odd_1.pkl', 'rb') as f:
+        dumps['1'] = pickle.load(f)
+
     env = dict(os.environ, PORT=str(free_port()),
                PATH=f'{Path(sys.executable).parent}:{os.environ["PATH"]}')
-    dumps = {}
-    for procs in ('1', '2'):
-        dump = workspace / f'odd_{procs}.pkl'
-        if procs == '1':
-            cmd = [sys.executable, REPO / 'tools/test.py', CONFIG, checkpoint]
-        else:
-            cmd = ['bash', REPO / 'tools/dist_test.sh', CONFIG, checkpoint,
-                   '2']
-        proc = subprocess.run(
-            [*map(str, cmd), '--dump', str(dump), '--work-dir',
-             str(workspace / f'odd_test_{procs}'), '--cfg-options',
-             f'test_dataloader.dataset.indices={num_videos}'],
-            cwd=workspace, env=env, capture_output=True, text=True,
-            timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        with open(dump, 'rb') as f:
-            dumps[procs] = pickle.load(f)
+    env.pop('LOCAL_RANK', None)  # torchrun sets each process's own
+    dump = workspace / 'odd_2.pkl'
+    proc = subprocess.run(
+        ['bash', *map(str, [REPO / 'tools/dist_test.sh', CONFIG, checkpoint]),
+         '2', '--dump', str(dump), '--work-dir',
+         str(workspace / 'odd_test_2'), *options],
+        cwd=workspace, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(dump, 'rb') as f:
+        dumps['2'] = pickle.load(f)
 
     one, two = dumps['1'], dumps['2']
     with open(workspace / 'data/synthetic/annotations/test.json') as f:
