@@ -177,17 +177,20 @@ def test_converted_openai_checkpoint_runs_in_the_test_tool(workspace,
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'tools/test.py' in proc.stdout
     # tools/test.py's main() in-process (the tests above run it as a user
-    # does): the converted files are what it reads.
+    # does): the converted files are what it reads. 16 of the 90 test videos:
+    # each of their captions x videos is a pass of the cross-encoder.
+    num_videos = 16
     dump = workspace / 'converted_result.pkl'
     monkeypatch.chdir(workspace)
     monkeypatch.setenv('LOCAL_RANK', '0')
     monkeypatch.setattr(sys, 'argv', [
         'test.py', str(out / 'config.py'), str(out / 'model.pth'), '--dump',
-        str(dump), '--work-dir', str(workspace / 'converted_work')])
+        str(dump), '--work-dir', str(workspace / 'converted_work'),
+        '--cfg-options', f'test_dataloader.dataset.indices={num_videos}'])
     load_tool('tools/test.py').main()
     with open(dump, 'rb') as f:
         result = pickle.load(f)
-    assert result['scores'].shape == (180, 90)
+    assert result['scores'].shape == (2 * num_videos, num_videos)
     assert np.isfinite(result['scores']).all()
     assert result['scores'].std() > 0
     assert set(result['metrics']) == METRIC_KEYS
