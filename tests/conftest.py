@@ -1,28 +1,31 @@
 """Fixtures shared by test folders: a free TCP port for distributed runs,
 workspaces holding the tools tests' small synthetic dataset, and the
-command-line tools imported as modules."""
+command-line tools imported as modules.
+
+Also puts ``tests/`` on ``sys.path`` (first), so that test modules and the
+worker processes they spawn import :mod:`helpers` by name.
+"""
 import importlib.util
 import shutil
-import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
+import helpers  # noqa: E402  (needs the line above)
 
 
 @pytest.fixture(scope='session')
 def free_port() -> Callable[[], int]:
     """``free_port() -> int``: a TCP port nobody listens on just now."""
-    return _free_port
+    return helpers.free_port
 
 
 @pytest.fixture(scope='session')

@@ -2,14 +2,11 @@
 processes) and on other ranks reaches the end-of-training log."""
 import json
 import os
-import socket
-from datetime import timedelta
 from types import SimpleNamespace
 
 import numpy as np
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from helpers import run_gloo
 from mmengine.model import BaseModel
 from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
@@ -117,32 +114,25 @@ def test_record_is_removed_by_its_maker_only(tmp_path):
     assert not os.path.exists(folder)
 
 
-def _rank(rank, world_size, port, out):
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}',
-                            rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=60))
-    try:
-        dataset = SimpleNamespace(skip_record=SkipRecord())
-        # Every rank loads the whole annotation file: same drops.
-        dataset.skip_record.add('gone.mp4', 'missing', 1, dropped=True)
-        dataset.skip_record.add('broken.mp4', f'rank {rank}', rank + 1,
-                                dropped=False)
-        if rank == 1:
-            dataset.skip_record.add('other.mp4', 'bad', 3, dropped=False)
-        files = gather_skips(dataset)
-        if rank == 0:
-            with open(out, 'w') as f:
-                json.dump(files, f)
-    finally:
-        dist.destroy_process_group()
+def _rank(rank: int, world_size: int, out: str) -> None:
+    """One gloo process (:func:`helpers.run_gloo`); rank 0 writes what
+    ``gather_skips`` returned."""
+    dataset = SimpleNamespace(skip_record=SkipRecord())
+    # Every rank loads the whole annotation file: same drops.
+    dataset.skip_record.add('gone.mp4', 'missing', 1, dropped=True)
+    dataset.skip_record.add('broken.mp4', f'rank {rank}', rank + 1,
+                            dropped=False)
+    if rank == 1:
+        dataset.skip_record.add('other.mp4', 'bad', 3, dropped=False)
+    files = gather_skips(dataset)
+    if rank == 0:
+        with open(out, 'w') as f:
+            json.dump(files, f)
 
 
 def test_skips_of_all_ranks_are_gathered(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
     out = tmp_path / 'gathered.json'
-    mp.spawn(_rank, args=(2, port, str(out)), nprocs=2, join=True)
+    run_gloo(_rank, str(out))
     assert json.loads(out.read_text()) == {
         'gone.mp4': dict(error='missing', samples=1, dropped=True),
         'broken.mp4': dict(error='rank 0', samples=3, dropped=False),

@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 
 import torch
+from helpers import TINY_CLIP
 from mmengine.registry import DefaultScope
 from mmengine.structures import BaseDataElement
 
@@ -17,17 +18,6 @@ reversal = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(reversal)
 reversal_accuracy = reversal.reversal_accuracy
 reverse_real_frames = reversal.reverse_real_frames
-
-# A tiny CLIP: ids 62/63 are start/end of text, frames 16 px.
-TINY_CLIP = dict(
-    projection_dim=32,
-    text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=128,
-                     num_hidden_layers=2, num_attention_heads=2,
-                     max_position_embeddings=16, pad_token_id=0,
-                     bos_token_id=62, eos_token_id=63),
-    vision_config=dict(image_size=16, patch_size=4, hidden_size=32,
-                       intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=2))
 
 
 def test_reverse_real_frames_keeps_padding_at_the_end():

@@ -1,31 +1,16 @@
 """Shared helpers of the model tests: a tiny CLIP and CLIP-style token ids."""
-import copy
 import math
 
 import pytest
 import torch
-
-# CLIP's vocabulary puts start-of-text and end-of-text last, so the end token
-# has the largest id and ``argmax(ids)`` finds it; 0 pads.
-PAD, BOS, EOT = 0, 62, 63
-MAX_WORD_ID = BOS - 1
-
-TINY_CLIP = dict(
-    projection_dim=32,
-    text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=128,
-                     num_hidden_layers=2, num_attention_heads=2,
-                     max_position_embeddings=16, pad_token_id=PAD,
-                     bos_token_id=BOS, eos_token_id=EOT),
-    vision_config=dict(image_size=16, patch_size=4, hidden_size=32,
-                       intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=2),
-)
+from helpers import BOS, EOT, MAX_WORD_ID, PAD, tiny_clip_config
 
 
 @pytest.fixture(scope='session')
 def make_clip_config():
-    """``make_clip_config() -> dict``: a fresh copy of the tiny CLIP config."""
-    return lambda: copy.deepcopy(TINY_CLIP)
+    """``make_clip_config() -> dict``: a fresh copy of the tiny CLIP config
+    (:data:`helpers.TINY_CLIP`)."""
+    return tiny_clip_config
 
 
 @pytest.fixture

@@ -49,17 +49,14 @@ trainable parameters without a real gradient). The head's fused
 ``in_proj_bias`` has the same zero key slice; the tensor as a whole is
 compared, the slice being covered by ``atol``.
 """
-import os
-import socket
 from contextlib import nullcontext
-from datetime import timedelta
 from pathlib import Path
 from unittest import mock
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from helpers import BOS, EOT, PAD, TINY_CLIP, run_gloo
 from mmengine.registry import DefaultScope
 from torch.nn.parallel import DistributedDataParallel
 
@@ -73,19 +70,6 @@ ATOL_OF_SCALE = 1e-7  # atol = this * max |single-process gradient| per tensor
 ZERO_OF_SCALE = 1e-12  # |key bias grad| <= this * max |gradient| of the model
 DTYPE = torch.float64
 
-# Tiny CLIP (a copy of tests/models/conftest.py's; conftest modules of
-# different test folders clash, so nothing is imported from there).
-PAD, BOS, EOT = 0, 62, 63
-TINY_CLIP = dict(
-    projection_dim=32,
-    text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=128,
-                     num_hidden_layers=2, num_attention_heads=2,
-                     max_position_embeddings=16, pad_token_id=PAD,
-                     bos_token_id=BOS, eos_token_id=EOT),
-    vision_config=dict(image_size=16, patch_size=4, hidden_size=32,
-                       intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=2),
-)
 HEADS = dict(
     meanP=dict(type='MeanPHead'),
     seqTransf=dict(type='SeqTransfHead', embed_dim=32, num_layers=2,
@@ -155,46 +139,33 @@ def naive_gather(x: torch.Tensor) -> torch.Tensor:
 GATHERS = dict(with_grad=None, naive=naive_gather)
 
 
-def worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)  # two processes share the machine's cores
-    os.environ['MASTER_ADDR'] = '127.0.0.1'
-    os.environ['MASTER_PORT'] = str(port)
-    dist.init_process_group('gloo', rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=60))
-    try:
-        per_rank = len(REAL_FRAMES) // world_size
-        local = slice(rank * per_rank, (rank + 1) * per_rank)
-        inputs = with_index({k: v[local] for k, v in global_batch().items()})
-        results = {}
-        for head in HEADS:
-            for gather_name, gather in GATHERS.items():
-                # A fresh model and wrapper each pass: no stale gradients.
-                model = build_model(head)
-                ddp = DistributedDataParallel(model, device_ids=None)
-                patch = (mock.patch.object(loose_heads_module,
-                                           'all_gather_with_grad', gather)
-                         if gather is not None else nullcontext())
-                with patch:
-                    loss = ddp(inputs, mode='loss')['loss']
-                    loss.backward()
-                results[head, gather_name] = dict(
-                    loss=loss.detach(), grads=trainable_grads(model))
-        torch.save(results, Path(out_dir) / f'rank{rank}.pt')
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
+def worker(rank: int, world_size: int, out_dir: str) -> None:
+    """One gloo process (:func:`helpers.run_gloo`): its half of the batch
+    through DDP for every head and gather; saves ``rank{rank}.pt``."""
+    per_rank = len(REAL_FRAMES) // world_size
+    local = slice(rank * per_rank, (rank + 1) * per_rank)
+    inputs = with_index({k: v[local] for k, v in global_batch().items()})
+    results = {}
+    for head in HEADS:
+        for gather_name, gather in GATHERS.items():
+            # A fresh model and wrapper each pass: no stale gradients.
+            model = build_model(head)
+            ddp = DistributedDataParallel(model, device_ids=None)
+            patch = (mock.patch.object(loose_heads_module,
+                                       'all_gather_with_grad', gather)
+                     if gather is not None else nullcontext())
+            with patch:
+                loss = ddp(inputs, mode='loss')['loss']
+                loss.backward()
+            results[head, gather_name] = dict(
+                loss=loss.detach(), grads=trainable_grads(model))
+    torch.save(results, Path(out_dir) / f'rank{rank}.pt')
 
 
 @pytest.fixture(scope='module')
 def ddp_results(tmp_path_factory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp('ddp_grads')
-    mp.spawn(worker, args=(WORLD_SIZE, free_port(), str(out_dir)),
-             nprocs=WORLD_SIZE, join=True)
+    run_gloo(worker, str(out_dir), world_size=WORLD_SIZE)
     return [torch.load(out_dir / f'rank{r}.pt') for r in range(WORLD_SIZE)]
 
 

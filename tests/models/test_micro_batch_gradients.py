@@ -18,16 +18,14 @@ left out) is off by a factor, far outside it.
 """
 import copy
 import os
-import socket
-from datetime import timedelta
 from pathlib import Path
 from unittest import mock
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from helpers import BOS, EOT, PAD, TINY_CLIP, run_gloo
 from mmengine.model import MMDistributedDataParallel
 from mmengine.optim import OptimWrapper, build_optim_wrapper
 from mmengine.registry import MODEL_WRAPPERS as MMENGINE_MODEL_WRAPPERS
@@ -47,19 +45,6 @@ DTYPE = torch.float64
 RTOL = 1e-6
 ATOL_OF_SCALE = 1e-9  # atol = this * max |gradient| of the model
 
-# Tiny CLIP (as in test_distributed_gradients: conftest modules of
-# different test folders clash, so the worker processes build their own).
-PAD, BOS, EOT = 0, 62, 63
-TINY_CLIP = dict(
-    projection_dim=32,
-    text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=128,
-                     num_hidden_layers=2, num_attention_heads=2,
-                     max_position_embeddings=16, pad_token_id=PAD,
-                     bos_token_id=BOS, eos_token_id=EOT),
-    vision_config=dict(image_size=16, patch_size=4, hidden_size=32,
-                       intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=2),
-)
 HEADS = dict(
     meanP=dict(type='MeanPHead'),
     seqLSTM=dict(type='SeqLSTMHead', embed_dim=32),
@@ -453,47 +438,32 @@ def ddp_step(head: str, micro: int | None, rank: int,
                 reductions=counter.calls)
 
 
-def worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)  # two processes share the machine's cores
-    os.environ['MASTER_ADDR'] = '127.0.0.1'
-    os.environ['MASTER_PORT'] = str(port)
-    dist.init_process_group('gloo', rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=60))
+def worker(rank: int, world_size: int, out_dir: str) -> None:
+    """One gloo process (:func:`helpers.run_gloo`): plain and micro-batched
+    DDP steps of its 3 videos; saves ``rank{rank}.pt``."""
+    results = {}
+    # meanP: every parameter must be in the last DDP forward
+    # (find_unused_parameters off). tightTransf: logit_scale is unused.
+    for head, find_unused in (('meanP', False), ('tightTransf', True)):
+        for micro in (None, 2):
+            results[head, micro] = ddp_step(head, micro, rank, find_unused)
+    # mmengine's own wrapper does not micro-batch: refused, not run
+    # silently in one pass.
+    ddp = MMDistributedDataParallel(build_model('meanP', 2), device_ids=None)
+    wrapper = OptimWrapper(torch.optim.SGD(ddp.parameters(), lr=0.0))
     try:
-        results = {}
-        # meanP: every parameter must be in the last DDP forward
-        # (find_unused_parameters off). tightTransf: logit_scale is unused.
-        for head, find_unused in (('meanP', False), ('tightTransf', True)):
-            for micro in (None, 2):
-                results[head, micro] = ddp_step(head, micro, rank,
-                                                find_unused)
-        # mmengine's own wrapper does not micro-batch: refused, not run
-        # silently in one pass.
-        ddp = MMDistributedDataParallel(build_model('meanP', 2),
-                                        device_ids=None)
-        wrapper = OptimWrapper(torch.optim.SGD(ddp.parameters(), lr=0.0))
-        try:
-            ddp.train_step(make_data(slice(rank * PER_RANK,
-                                           (rank + 1) * PER_RANK)), wrapper)
-            results['plain_wrapper_error'] = None
-        except RuntimeError as error:
-            results['plain_wrapper_error'] = str(error)
-        torch.save(results, Path(out_dir) / f'rank{rank}.pt')
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
+        ddp.train_step(make_data(slice(rank * PER_RANK,
+                                       (rank + 1) * PER_RANK)), wrapper)
+        results['plain_wrapper_error'] = None
+    except RuntimeError as error:
+        results['plain_wrapper_error'] = str(error)
+    torch.save(results, Path(out_dir) / f'rank{rank}.pt')
 
 
 @pytest.fixture(scope='module')
 def ddp_results(tmp_path_factory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp('micro_ddp')
-    mp.spawn(worker, args=(WORLD_SIZE, free_port(), str(out_dir)),
-             nprocs=WORLD_SIZE, join=True)
+    run_gloo(worker, str(out_dir), world_size=WORLD_SIZE)
     return [torch.load(out_dir / f'rank{r}.pt') for r in range(WORLD_SIZE)]
 
 

@@ -1,7 +1,8 @@
 """tools/test.py and tools/train.py on checkpoints that must not run: a
 checkpoint of another head, bad files, --resume with nothing to resume. Each
 ends with a non-zero exit and a message naming the file or work dir, before
-any metric is printed."""
+any metric is printed (the first as a subprocess, the others with the tool's
+main() in-process, where the error is the exception that ends it)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from mmclip4clip.apis import init_retriever
+from mmclip4clip.engine import CheckpointFileError
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / 'configs/retrieval/clip4clip'
@@ -46,28 +48,41 @@ def test_test_tool_refuses_a_checkpoint_without_the_head(workspace):
     assert 'Epoch(test)' not in proc.stdout + proc.stderr  # no metrics
 
 
+def run_main(load_tool, monkeypatch, tool: str, args: list) -> None:
+    """A tool's main() in-process (the test above runs tools/test.py as a
+    user does, for its exit status and stderr)."""
+    module = load_tool(tool)
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    monkeypatch.setattr(sys, 'argv', [Path(tool).name, *map(str, args)])
+    module.main()
+
+
 @pytest.mark.parametrize('content, says', [
     (b'', 'is an empty file'),
     (b'epoch_3.pth\n', 'is not a torch checkpoint at all: it is text'),
 ], ids=['empty', 'text'])
-def test_test_tool_names_what_a_bad_file_is(workspace, content, says):
+def test_test_tool_names_what_a_bad_file_is(workspace, content, says,
+                                            load_tool, monkeypatch, capsys):
     bad = workspace / 'bad.pth'
     bad.write_bytes(content)
-    proc = run_tool([REPO / 'tools/test.py', MEANP, bad, '--work-dir',
-                     workspace / 'test_work'], cwd=workspace)
-    assert proc.returncode != 0
-    assert f'checkpoint {bad} {says}' in proc.stderr, proc.stderr[-3000:]
-    assert 'execute code' not in proc.stderr
+    monkeypatch.chdir(workspace)
+    with pytest.raises(CheckpointFileError) as info:
+        run_main(load_tool, monkeypatch, 'tools/test.py',
+                 [MEANP, bad, '--work-dir', workspace / 'test_work'])
+    assert f'checkpoint {bad} {says}' in str(info.value)
+    assert 'execute code' not in str(info.value)
+    assert 'Epoch(test)' not in ''.join(capsys.readouterr())  # no metrics
 
 
-def test_auto_resume_in_a_work_dir_without_checkpoints_fails(workspace):
+def test_auto_resume_in_a_work_dir_without_checkpoints_fails(
+        workspace, load_tool, monkeypatch, capsys):
     work_dir = workspace / 'fresh_work'
-    proc = run_tool([REPO / 'tools/train.py', MEANP, '--work-dir', work_dir,
-                     '--resume'], cwd=workspace)
-    assert proc.returncode != 0
-    assert f'work dir {work_dir} holds no checkpoint' in proc.stderr, \
-        proc.stderr[-3000:]
-    assert 'Epoch(train)' not in proc.stdout + proc.stderr
+    monkeypatch.chdir(workspace)
+    with pytest.raises(FileNotFoundError,
+                       match=f'work dir {work_dir} holds no checkpoint'):
+        run_main(load_tool, monkeypatch, 'tools/train.py',
+                 [MEANP, '--work-dir', work_dir, '--resume'])
+    assert 'Epoch(train)' not in ''.join(capsys.readouterr())
 
 
 def test_resume_from_a_missing_file_names_it(workspace, monkeypatch,

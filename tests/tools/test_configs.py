@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import write_clip_dir
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
@@ -161,12 +162,10 @@ with open(sys.argv[1], 'w') as f:
 def local_clip(tmp_path_factory) -> Path:
     """A Hugging Face directory with random CLIP weights (the 512-wide
     stand-in) and a tiny tokenizer, as a user's local copy would hold."""
-    from transformers import CLIPConfig, CLIPModel
-
     from mmclip4clip.datasets.synthetic import build_tokenizer
 
-    out = tmp_path_factory.mktemp('weights') / 'my-clip'
-    CLIPModel(CLIPConfig(**STAND_IN_512)).save_pretrained(str(out))
+    out = write_clip_dir(tmp_path_factory.mktemp('weights') / 'my-clip',
+                         STAND_IN_512)
     build_tokenizer(['a red circle moves left'], out)
     return out
 

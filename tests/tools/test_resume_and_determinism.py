@@ -5,7 +5,8 @@ tiny synthetic dataset.
 The training runs (module fixture ``runs``): 2 short epochs of the synthetic
 tightTransf config from scratch (its dropout draws from torch's generator,
 so an exact resume needs the generator states that SafeCheckpointHook
-saves), 6 iterations each (180 captions, batch 32), ``randomness.seed=0
+saves), 3 iterations each (the first 96 of the 180 captions, batch 32),
+``randomness.seed=0
 randomness.deterministic=True``, a checkpoint every epoch, all kept:
 
 * ``straight``: uninterrupted;
@@ -26,17 +27,21 @@ import numpy as np
 import pytest
 import torch
 
+from mmclip4clip.engine import UnsafeCheckpointError
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / ('configs/retrieval/clip4clip/clip4clip-tightTransf_'
                  'tiny-p4-res32-scratch_1xb32-u8-30e_synthetic-rgb.py')
 HERE = Path(__file__).resolve().parent
-ITERS_PER_EPOCH = 6  # ceil(180 captions / 32)
-KILL_AT_ITER = ITERS_PER_EPOCH + 3  # epoch 2 (1-based) after 3 of its 6 iters
+NUM_CAPTIONS = 96  # of the 180: the mechanics need iterations, not data
+ITERS_PER_EPOCH = 3  # 96 captions / 32
+KILL_AT_ITER = ITERS_PER_EPOCH + 2  # epoch 2 (1-based) after 2 of its 3 iters
 TRAIN_OPTIONS = [
     '--no-validate', '--cfg-options', 'train_cfg.max_epochs=2',
     'train_cfg.val_interval=100', 'default_hooks.checkpoint.interval=1',
     'default_hooks.checkpoint.max_keep_ckpts=-1',
     'default_hooks.logger.interval=1', 'train_dataloader.batch_size=32',
+    f'train_dataloader.dataset.indices={NUM_CAPTIONS}',
     'randomness.seed=0', 'randomness.deterministic=True',
     'load_from=None',  # from scratch, not from the synthetic meanP model
 ]
@@ -126,19 +131,20 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(runs):
     assert killed.returncode == -signal.SIGKILL, (
         f'expected death by SIGKILL, got {killed.returncode}: '
         f'{killed.stderr[-3000:]}')
-    # Killed in the middle of epoch 2: its third iteration logged, not the
-    # fourth; epoch 1's checkpoint written, epoch 2's not.
+    # Killed in the middle of epoch 2: its second iteration logged, not the
+    # third; epoch 1's checkpoint written, epoch 2's not.
     log = killed.stdout + killed.stderr
-    assert 'Epoch(train) [2][3/6]' in log
-    assert 'Epoch(train) [2][4/6]' not in log
+    assert 'Epoch(train) [2][2/3]' in log
+    assert 'Epoch(train) [2][3/3]' not in log
     assert runs['files_after_kill'] == ['epoch_1.pth']
 
     resumed = runs['resumed_proc']
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     log = resumed.stdout + resumed.stderr
-    assert re.search(r'resumed epoch: 1, iter: 6\b', log), log[-3000:]
+    assert re.search(rf'resumed epoch: 1, iter: {ITERS_PER_EPOCH}\b', log), \
+        log[-3000:]
     assert 'Epoch(train) [1]' not in log  # epoch 1 is not trained again
-    assert 'Epoch(train) [2][1/6]' in log
+    assert 'Epoch(train) [2][1/3]' in log
 
     # Same weights, optimizer state and schedule as without the crash: every
     # tensor bit for bit (the training reads no global RNG, the sampler
@@ -183,49 +189,61 @@ class CodeRunningPayload:
 
 
 def test_resume_refuses_checkpoint_with_unsafe_pickle(workspace, runs,
-                                                      tmp_path):
+                                                      tmp_path, load_tool,
+                                                      monkeypatch, capsys):
+    # tools/train.py's main() in-process: the refusal is the exception that
+    # ends it (the other runs here show the tool's exits as a user sees them).
     checkpoint = load(runs['straight'] / 'epoch_1.pth')
     marker = tmp_path / 'code_ran'
     checkpoint['extra'] = CodeRunningPayload(str(marker))
     bad = tmp_path / 'unsafe_epoch_1.pth'
     torch.save(checkpoint, bad)
 
-    proc = run_tool([REPO / 'tools/train.py', CONFIG, '--work-dir',
-                     tmp_path / 'work', '--resume', bad, *TRAIN_OPTIONS],
-                    cwd=workspace)
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    monkeypatch.setattr(sys, 'argv', [
+        'train.py', str(CONFIG), '--work-dir', str(tmp_path / 'work'),
+        '--resume', str(bad), *TRAIN_OPTIONS])
+    with pytest.raises(UnsafeCheckpointError) as info:
+        load_tool('tools/train.py').main()
     assert not marker.exists(), 'unpickling the checkpoint ran its code'
-    assert proc.returncode != 0
-    assert 'refused' in proc.stderr, proc.stderr[-3000:]
-    assert str(bad) in proc.stderr, proc.stderr[-3000:]
-    assert 'Epoch(train)' not in proc.stdout + proc.stderr
+    assert 'refused' in str(info.value)
+    assert str(bad) in str(info.value)
+    assert 'Epoch(train)' not in ''.join(capsys.readouterr())
 
 
-def test_one_and_two_process_evaluation_agree_on_odd_test_set(workspace,
-                                                               runs,
-                                                               free_port):
+def test_one_and_two_process_evaluation_agree_on_odd_test_set(
+        workspace, runs, free_port, load_tool, monkeypatch):
     """45 test videos over 2 processes: the sampler pads one shard with a
-    repeated video, which the evaluation must drop."""
+    repeated video, which the evaluation must drop. The one-process run is
+    tools/test.py's main() in-process; the two processes run dist_test.sh."""
     num_videos = 45
     checkpoint = runs['straight'] / 'epoch_1.pth'
+    options = ['--cfg-options', f'test_dataloader.dataset.indices={num_videos}']
+    dumps = {}
+
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    monkeypatch.setattr(sys, 'argv', [
+        'test.py', str(CONFIG), str(checkpoint), '--dump',
+        str(workspace / 'odd_1.pkl'), '--work-dir',
+        str(workspace / 'odd_test_1'), *options])
+    load_tool('tools/test.py').main()
+    with open(workspace / 'odd_1.pkl', 'rb') as f:
+        dumps['1'] = pickle.load(f)
+
     env = dict(os.environ, PORT=str(free_port()),
                PATH=f'{Path(sys.executable).parent}:{os.environ["PATH"]}')
-    dumps = {}
-    for procs in ('1', '2'):
-        dump = workspace / f'odd_{procs}.pkl'
-        if procs == '1':
-            cmd = [sys.executable, REPO / 'tools/test.py', CONFIG, checkpoint]
-        else:
-            cmd = ['bash', REPO / 'tools/dist_test.sh', CONFIG, checkpoint,
-                   '2']
-        proc = subprocess.run(
-            [*map(str, cmd), '--dump', str(dump), '--work-dir',
-             str(workspace / f'odd_test_{procs}'), '--cfg-options',
-             f'test_dataloader.dataset.indices={num_videos}'],
-            cwd=workspace, env=env, capture_output=True, text=True,
-            timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        with open(dump, 'rb') as f:
-            dumps[procs] = pickle.load(f)
+    env.pop('LOCAL_RANK', None)  # torchrun sets each process's own
+    dump = workspace / 'odd_2.pkl'
+    proc = subprocess.run(
+        ['bash', *map(str, [REPO / 'tools/dist_test.sh', CONFIG, checkpoint]),
+         '2', '--dump', str(dump), '--work-dir',
+         str(workspace / 'odd_test_2'), *options],
+        cwd=workspace, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(dump, 'rb') as f:
+        dumps['2'] = pickle.load(f)
 
     one, two = dumps['1'], dumps['2']
     with open(workspace / 'data/synthetic/annotations/test.json') as f:

@@ -156,7 +156,9 @@ def test_two_cpu_processes_train_and_match_one_process_test(
     assert dumps['1']['metrics'] == dumps['2']['metrics']
 
 
-def test_converted_openai_checkpoint_runs_in_the_test_tool(workspace):
+def test_converted_openai_checkpoint_runs_in_the_test_tool(workspace,
+                                                           monkeypatch,
+                                                           load_tool):
     """convert_checkpoint.py writes model.pth + config.py that tools/test.py
     runs as is (tightTransf: the pairwise path of the evaluation loop)."""
     sys.path.insert(0, str(REPO / 'tests' / 'models'))
@@ -174,42 +176,21 @@ def test_converted_openai_checkpoint_runs_in_the_test_tool(workspace):
         '--base-config', CONFIG], cwd=workspace)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'tools/test.py' in proc.stdout
+    # tools/test.py's main() in-process (the tests above run it as a user
+    # does): the converted files are what it reads. 16 of the 90 test videos:
+    # each of their captions x videos is a pass of the cross-encoder.
+    num_videos = 16
     dump = workspace / 'converted_result.pkl'
-    proc = run_tool([REPO / 'tools/test.py', out / 'config.py',
-                     out / 'model.pth', '--dump', dump,
-                     '--work-dir', workspace / 'converted_work'], cwd=workspace)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    monkeypatch.setattr(sys, 'argv', [
+        'test.py', str(out / 'config.py'), str(out / 'model.pth'), '--dump',
+        str(dump), '--work-dir', str(workspace / 'converted_work'),
+        '--cfg-options', f'test_dataloader.dataset.indices={num_videos}'])
+    load_tool('tools/test.py').main()
     with open(dump, 'rb') as f:
         result = pickle.load(f)
-    assert result['scores'].shape == (180, 90)
+    assert result['scores'].shape == (2 * num_videos, num_videos)
     assert np.isfinite(result['scores']).all()
     assert result['scores'].std() > 0
-    assert set(result['metrics']) == METRIC_KEYS
-
-
-def test_amp_trains_and_tests_on_the_cpu_in_bfloat16(workspace):
-    """--amp: bf16 autocast without a loss scaler on the CPU (mmengine's
-    AmpOptimWrapper refuses to start there)."""
-    work_dir = workspace / 'amp_work'
-    proc = run_tool([
-        REPO / 'tools/train.py', CONFIG, '--amp', '--work-dir', work_dir,
-        '--cfg-options', 'train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
-        'default_hooks.checkpoint.interval=1', *FEW_ITERS], cwd=workspace)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    dumped = [p.read_text() for p in work_dir.glob('*.py')]
-    assert dumped and "type='MixedPrecisionOptimWrapper'" in dumped[0]
-    import torch
-    ckpt = torch.load(work_dir / 'epoch_1.pth', map_location='cpu',
-                      weights_only=True)
-    assert 'loss_scaler' not in ckpt['optimizer']
-    assert all(v.isfinite().all() for v in ckpt['state_dict'].values()
-               if v.is_floating_point())
-    dump = workspace / 'amp_result.pkl'
-    proc = run_tool([REPO / 'tools/test.py', CONFIG, work_dir / 'epoch_1.pth',
-                     '--amp', '--dump', dump, '--work-dir', work_dir],
-                    cwd=workspace)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with open(dump, 'rb') as f:
-        result = pickle.load(f)
-    assert np.isfinite(result['scores']).all()
     assert set(result['metrics']) == METRIC_KEYS

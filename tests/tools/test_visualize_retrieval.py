@@ -200,10 +200,11 @@ def decode(path: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope='module')
-def benchmark_run(tmp_path_factory) -> Path:
+def benchmark_run(tmp_path_factory, load_tool) -> Path:
     """``tools/test.py --dump result.pkl`` (a random tiny model) on a
     benchmark laid out like the prepared ones, whose video ids are not
-    paths; returns the folder it ran in."""
+    paths; returns the folder it ran in. The tool's main() runs in-process
+    (tests/tools/test_tools.py runs it as a user does)."""
     root = tmp_path_factory.mktemp('bench')
     videos = root / 'data' / 'bench' / 'videos'
     videos.mkdir(parents=True)
@@ -219,13 +220,15 @@ def benchmark_run(tmp_path_factory) -> Path:
     with DefaultScope.overwrite_default_scope('mmclip4clip'):
         model = MODELS.build(Config.fromfile(CONFIG).model)
     torch.save({'state_dict': model.state_dict()}, root / 'random.pth')
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / 'tools' / 'test.py'), str(CONFIG),
-         'random.pth', '--dump', 'result.pkl', '--work-dir', 'work',
-         '--cfg-options', 'test_dataloader.dataset.ann_file=data/bench/test.json',
-         'test_dataloader.dataset.data_prefix.video=data/bench/videos'],
-        cwd=root, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.setenv('LOCAL_RANK', '0')
+        patch.setattr(sys, 'argv', [
+            'test.py', str(CONFIG), 'random.pth', '--dump', 'result.pkl',
+            '--work-dir', 'work', '--cfg-options',
+            'test_dataloader.dataset.ann_file=data/bench/test.json',
+            'test_dataloader.dataset.data_prefix.video=data/bench/videos'])
+        load_tool('tools/test.py').main()
     return root
 
 
