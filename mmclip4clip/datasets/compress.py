@@ -1,4 +1,5 @@
-"""Re-encode a tree of videos at a low frame rate and size (spec section 5).
+"""Re-encode a tree of videos at a low frame rate and size
+(docs/data_preparation.md#compressing-videos).
 
 CLIP4Clip reads about one frame a second at 224 px, so decoding full-rate,
 full-size videos wastes most of the data loader's time. The original code

@@ -1,4 +1,5 @@
-"""Optimiser parameter groups of the CLIP4Clip recipe (spec section 4).
+"""Optimiser parameter groups of the CLIP4Clip recipe
+(docs/training.md#recipe).
 
 The original trains the new modules (the similarity head) at ``lr`` and every
 CLIP parameter at ``lr * coef_lr``, with weight decay on weights only. On top

@@ -1,4 +1,5 @@
-"""Exact retrieval ranks and metrics (spec section 7), computed in blocks.
+"""Exact retrieval ranks and metrics (docs/evaluation.md#ranks-and-metrics),
+computed in blocks.
 
 A rank is ``1 + the number of candidates scored strictly higher than the ground
 truth``: ties do not push the ground truth down, and every query counts once,

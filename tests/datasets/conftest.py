@@ -1,5 +1,6 @@
 """Shared fixtures of the dataset tests: a small synthetic dataset and the
-slow reference of CLIP4Clip's frame sampling (spec section 5)."""
+slow reference of CLIP4Clip's frame sampling
+(docs/data_preparation.md#frame-sampling)."""
 from pathlib import Path
 
 import numpy as np

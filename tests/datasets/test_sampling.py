@@ -1,5 +1,6 @@
-"""Frame selection of CLIP4Clip (spec section 5) against the original's
-OpenCV reading loop (``reference`` fixture in conftest.py)."""
+"""Frame selection of CLIP4Clip (docs/data_preparation.md#frame-sampling)
+against the original's OpenCV reading loop (``reference`` fixture in
+conftest.py)."""
 import itertools
 
 import numpy as np

@@ -142,7 +142,8 @@ def test_tokenize_rows_are_bos_words_eos_then_zeros(tokenizer, max_words):
         assert ids[row].tolist() == expected
         assert mask[row].tolist() == ([1] * len(tokens) +
                                       [0] * (max_words - len(tokens)))
-        # The end token has the largest id, so argmax finds it (spec 1).
+        # The end token has the largest id, so argmax finds it
+        # (docs/models.md#text).
         assert ids[row].argmax() == len(tokens) - 1
         assert ids[row].max() == eos
 

@@ -49,7 +49,8 @@ def make_token_ids():
 
 
 def _infonce_reference(sim: torch.Tensor) -> float:
-    """Symmetric InfoNCE by explicit loops in float64 (spec section 3).
+    """Symmetric InfoNCE by explicit loops in float64
+    (docs/training.md#objective).
 
     Per row i: ``-(s_ii - logsumexp(row i))``; the same over columns; each
     direction averaged over its rows, then the two directions averaged.

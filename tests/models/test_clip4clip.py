@@ -15,7 +15,8 @@ from mmclip4clip.models.retrievers.clip4clip import CLIP4Clip
 
 TOL = dict(atol=1e-5, rtol=1e-4)
 SEQ_LEN = 10
-# CLIP's pixel statistics on the [0, 1] scale (spec section 5).
+# CLIP's pixel statistics on the [0, 1] scale
+# (docs/data_preparation.md#resize-crop-and-normalisation).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 FRAME_MASK = [[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]]

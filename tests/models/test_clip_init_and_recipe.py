@@ -1,5 +1,6 @@
 """Initialisation from CLIP (heads, 3-D patch), freeze_layer_num and the
-optimiser groups of the recipe (spec sections 1, 2 and 4)."""
+optimiser groups of the recipe (docs/models.md#encoders, #heads and
+docs/training.md#recipe)."""
 import pytest
 import torch
 import torch.nn.functional as F

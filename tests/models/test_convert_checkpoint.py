@@ -1,4 +1,5 @@
-"""Checkpoint conversion (spec sections 1, 2 and 8) against the spec's formulas.
+"""Checkpoint conversion (docs/models.md#encoders, #heads and
+#checkpoint-formats) against the documented formulas.
 
 For each source layout (an OpenAI ``.pt`` archive, the original CLIP4Clip
 ``pytorch_model.bin.N``, an mmaction2 checkpoint) the test writes a tiny
@@ -6,7 +7,7 @@ stand-in with random weights, converts and loads it, and compares the
 retriever's ``sim_matrix`` with scores computed here directly from the raw
 source-layout weights: the CLIP towers come from ``openai_reference``, the
 heads (seqLSTM, seqTransf, tightTransf, mmaction2's adapters) and the 3-D
-patch are written out below from the spec, per video on its real frames only
+patch are written out below from the docs, per video on its real frames only
 (equivalent to the -1e6 key mask), without the library's heads.
 """
 from __future__ import annotations
@@ -87,7 +88,7 @@ def videos(real: tuple[int, ...], frames: int, size: int,
     return x * mask[:, :, None, None, None], mask
 
 
-# ---- reference: the spec's formulas on the raw weights ----------------------
+# ---- reference: the documented formulas on the raw weights ------------------
 def strip_clip(sd: dict[str, Tensor], prefix: str = 'clip.') -> dict:
     """The OpenAI-layout CLIP weights stored under ``prefix``."""
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}

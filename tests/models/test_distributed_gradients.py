@@ -7,9 +7,10 @@ wrap it in ``DistributedDataParallel`` (CPU, ``device_ids=None``, as
 batch. The gradients of every trainable parameter are compared with one
 process running the same model on the concatenated batch.
 
-The convention (spec section 3; ``_AllGather``'s docstring): the loose
-features are gathered, so the loss of every rank is the loss L of the GLOBAL
-batch. DDP sums the parameter gradients of the W ranks and divides by W.
+The convention (docs/training.md#gathering-over-processes; ``_AllGather``'s
+docstring): the loose features are gathered, so the loss of every rank is the
+loss L of the GLOBAL batch. DDP sums the parameter gradients of the W ranks and
+divides by W.
 
 - A parameter used after the gather (``logit_scale``) gets the full dL/dp on
   every rank; the DDP average is dL/dp.

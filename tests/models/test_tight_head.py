@@ -1,4 +1,4 @@
-"""tightTransf: the spec's cross-encoder formula, per-pair loop, chunking,
+"""tightTransf: the documented cross-encoder formula, per-pair loop, chunking,
 padding, and end-to-end training and evaluation inside CLIP4Clip."""
 import math
 
@@ -30,8 +30,9 @@ def features(n=3, m=4, lengths=(5, 3, 1, 2), seed=1):
 
 def reference_pair_logit(head: TightTransfHead, text: torch.Tensor,
                          frames: torch.Tensor) -> torch.Tensor:
-    """Spec section 2 written out for ONE pair of real frames only (no
-    padding, so no mask): explicit attention per head, eps-1e-12 norms."""
+    """The tight head's formula (docs/models.md#tight-head) written out for ONE
+    pair of real frames only (no padding, so no mask): explicit attention per
+    head, eps-1e-12 norms."""
     x = torch.cat([text[None], frames]) + head.position_embeddings.weight[
         :1 + len(frames)]  # [S, D]
     for block in head.transformer.resblocks:

@@ -8,9 +8,10 @@ Input (``root``): the dataset's caption files, ``train.json`` and
 Output: ``activitynet_train.json`` and ``activitynet_val_1.json``, one record
 per video whose one caption is the paragraph of all its sentences joined
 by spaces, with the segment ``0 .. ceil(duration)``: frames are taken over
-the whole video (spec section 6; CLIP4Clip's ``_get_captions_single``).
-``sentence_level=True`` also writes ``activitynet_{train,val_1}_sentences
-.json``: one record per sentence with its own segment.
+the whole video (docs/data_preparation.md#benchmarks; CLIP4Clip's
+``_get_captions_single``). ``sentence_level=True`` also writes
+``activitynet_{train,val_1}_sentences.json``: one record per sentence with its
+own segment.
 
 Videos: ``<video_id>.mp4`` with the ids as in the json (``v_QOlSCBRmfWY``),
 the names of the official archives. Those hold ``.mp4``, ``.mkv`` and

@@ -1,4 +1,4 @@
-"""Frame selection of CLIP4Clip (spec section 5).
+"""Frame selection of CLIP4Clip (docs/data_preparation.md#frame-sampling).
 
 Frames are taken at ``feature_framerate`` per second, the way the original
 code reads them with OpenCV: the frame rate is truncated to an integer
@@ -83,7 +83,8 @@ def order_frames(inds: np.ndarray, frame_order: int,
 
 @TRANSFORMS.register_module()
 class SampleFramesByRate(BaseTransform):
-    """Choose the frames to decode, CLIP4Clip's way (spec section 5).
+    """Choose the frames to decode, CLIP4Clip's way
+    (docs/data_preparation.md#frame-sampling).
 
     Required keys: ``total_frames``, ``avg_fps`` (set by ``AVInit``),
     optional ``start`` / ``end`` (seconds). Added keys: ``frame_inds``

@@ -20,7 +20,8 @@ def load_tokenizer(path: str):
 
 def tokenize(tokenizer, captions: list[str],
              max_words: int) -> tuple[np.ndarray, np.ndarray]:
-    """``[SOT] + bpe(caption)[:L-2] + [EOT]`` zero-padded to L (spec 1).
+    """``[SOT] + bpe(caption)[:L-2] + [EOT]`` zero-padded to L
+    (docs/models.md#text).
 
     Returns int64 ``input_ids`` and ``attention_mask``, both [K, L].
     """

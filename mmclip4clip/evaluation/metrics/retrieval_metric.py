@@ -217,11 +217,11 @@ class RetrievalMetric(BaseMetric):
        features with ``video_mask``) need the model to be scored and are
        refused: use mmclip4clip's ``RetrievalValLoop`` for it.
 
-    Ranks follow spec section 7: ties do not push the ground truth down, a NaN
-    or inf score is an error naming the query, and a video with several
-    captions is one candidate scored by its best caption (video-to-text).
-    With one caption per video and no tied scores, ``t2v/*`` equals
-    mmaction2's ``retrieval/*``; where a caption's score ties another
+    Ranks follow docs/evaluation.md#ranks-and-metrics: ties do not push the
+    ground truth down, a NaN or inf score is an error naming the query, and a
+    video with several captions is one candidate scored by its best caption
+    (video-to-text). With one caption per video and no tied scores, ``t2v/*``
+    equals mmaction2's ``retrieval/*``; where a caption's score ties another
     video's, mmaction2 counts the caption once per tied video (its
     ``np.where`` over the sorted row) and ranks it lower, this metric counts
     it once at the best rank.

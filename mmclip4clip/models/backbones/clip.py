@@ -1,14 +1,15 @@
 """CLIP text and image towers from Hugging Face ``transformers``.
 
-The features are those of CLIP4Clip (spec section 1):
+The features are those of CLIP4Clip (docs/models.md#encoders):
 
 - text: ``ln_final(h) @ text_projection`` read at the end-of-text token;
 - frames: every frame through the image tower on its own,
   ``ln_post(h_cls) @ visual.proj``, giving ``[B, T, D]``; with the "3d"
   linear patch the patch tokens come from a Conv3d over each video's frame
-  stack instead (spec section 1).
+  stack instead (docs/models.md#encoders).
 
-``freeze_layer_num`` follows the original rule (spec section 4).
+``freeze_layer_num`` follows the original rule
+(docs/models.md#freezing-freeze_layer_num).
 """
 from __future__ import annotations
 
@@ -182,7 +183,8 @@ class CLIPBackbone(BaseModule):
             from the 2-D kernel so it first gives the '2d' output).
         freeze_layer_num: -1 trains all of CLIP; N >= 0 freezes CLIP except
             its output norms and projections, ``logit_scale`` and the blocks
-            of index >= N in both towers (spec section 4).
+            of index >= N in both towers
+            (docs/models.md#freezing-freeze_layer_num).
         with_cp: activation checkpointing of every transformer block of
             both towers in training (see
             :mod:`mmclip4clip.models.activation_checkpoint`): autograd keeps
@@ -329,7 +331,7 @@ class CLIPBackbone(BaseModule):
         """[B, T, 3, H, W] frames + [B, T] mask -> [B, T, D] frame features.
 
         Only real frames go through the image tower; padded positions get
-        zero features (every head ignores them, spec section 1).
+        zero features (every head ignores them, docs/models.md#frames).
         """
         b, t = frames.shape[:2]
         real = frame_mask.reshape(-1).bool()

@@ -1,6 +1,7 @@
 """Checkpoints users bring, as mmclip4clip retriever weights and model config.
 
-Three source layouts (spec section 8), all sharing OpenAI's CLIP key names:
+Three source layouts (docs/models.md#checkpoint-formats), all sharing OpenAI's
+CLIP key names:
 
 - ``openai``: an OpenAI CLIP archive (``ViT-B-32.pt``); CLIP only, the head
   is chosen by the caller and starts from CLIP as in training;
@@ -186,7 +187,7 @@ def convert_checkpoint(sd: Mapping[str, Tensor], fmt: str,
             ``mmaction2`` takes its adapter from the keys.
         linear_patch: '2d' or '3d'; default: '3d' when the weights hold the
             3-D patch conv. For '3d' without it, the conv starts from the
-            2-D kernel (spec section 1).
+            2-D kernel (docs/models.md#linear-patch).
         num_heads: attention heads of an ``mmaction2`` TransformerAdapter,
             which its weights do not fix (see
             :func:`~.stored_config.mmaction2_adapter_heads`); required for

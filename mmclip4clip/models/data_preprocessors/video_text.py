@@ -8,7 +8,8 @@ from mmengine.model import BaseDataPreprocessor
 
 from mmclip4clip.registry import MODELS
 
-# CLIP's pixel statistics, on the [0, 1] scale (spec section 5).
+# CLIP's pixel statistics, on the [0, 1] scale
+# (docs/data_preparation.md#resize-crop-and-normalisation).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 

@@ -1,7 +1,8 @@
 """CLIP's text tower read from either CLIP module layout.
 
 seqTransf and tightTransf start their position table and cross blocks from
-CLIP's text tower (spec section 2). Two CLIP modules hold that tower:
+CLIP's text tower (docs/models.md#initialisation-from-clip). Two CLIP modules
+hold that tower:
 
 - Hugging Face's ``transformers.CLIPModel`` (our backbone):
   ``text_model.embeddings.position_embedding`` (an ``nn.Embedding``) and

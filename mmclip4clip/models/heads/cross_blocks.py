@@ -2,10 +2,11 @@
 
 seqTransf and tightTransf run ``n_cross`` pre-LN residual attention blocks
 with QuickGELU MLPs, shaped like CLIP's text blocks so they can start from
-CLIP's first text blocks (spec section 2). Parameter names follow OpenAI's
-CLIP layout (``ln_1``, ``attn.in_proj_weight``, ``attn.out_proj``, ``ln_2``,
-``mlp.c_fc``, ``mlp.c_proj``), which is also the layout of the original
-CLIP4Clip checkpoints, so converting them is a rename of the prefix.
+CLIP's first text blocks (docs/models.md#initialisation-from-clip). Parameter
+names follow OpenAI's CLIP layout (``ln_1``, ``attn.in_proj_weight``,
+``attn.out_proj``, ``ln_2``, ``mlp.c_fc``, ``mlp.c_proj``), which is also the
+layout of the original CLIP4Clip checkpoints, so converting them is a rename of
+the prefix.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Loose similarity heads: one vector per video, compared by a dot product.
 
 A loose head applies its own transform ``G`` to the frame features and pools
-them (spec section 2)::
+them (docs/models.md#heads)::
 
     v = normalize(masked_mean(normalize(G(F)), M))
 

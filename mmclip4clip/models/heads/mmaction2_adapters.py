@@ -1,15 +1,16 @@
 """mmaction2's CLIP4Clip adapters, kept with their own arithmetic.
 
 mmaction2's port computes video vectors differently from the original heads
-(spec section 8): it averages the UNnormalised frame features, normalises
-only the average, and ignores any frame mask; its TransformerAdapter adds a
-position table of exactly ``num_segs`` rows, runs CLIP-style blocks (LayerNorm
-eps 1e-5) without a mask, adds its input back and averages. A checkpoint
-converted from mmaction2 uses these heads so it reproduces mmaction2's
-scores. mmaction2 always samples ``num_segs`` real frames; with padded frames
-(which our pipelines may produce) these heads average them in as mmaction2
-would, so use them with full-length clips. A frame count other than ``num_segs``
-is a ``ValueError`` here, a ``RuntimeError`` (from torch) in mmaction2.
+(docs/models.md#mmaction2s-adapter-heads): it averages the UNnormalised frame
+features, normalises only the average, and ignores any frame mask; its
+TransformerAdapter adds a position table of exactly ``num_segs`` rows, runs
+CLIP-style blocks (LayerNorm eps 1e-5) without a mask, adds its input back and
+averages. A checkpoint converted from mmaction2 uses these heads so it
+reproduces mmaction2's scores. mmaction2 always samples ``num_segs`` real
+frames; with padded frames (which our pipelines may produce) these heads
+average them in as mmaction2 would, so use them with full-length clips. A frame
+count other than ``num_segs`` is a ``ValueError`` here, a ``RuntimeError``
+(from torch) in mmaction2.
 """
 from __future__ import annotations
 

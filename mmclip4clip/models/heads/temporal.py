@@ -1,4 +1,5 @@
-"""Temporal loose heads of CLIP4Clip: seqLSTM and seqTransf (spec section 2).
+"""Temporal loose heads of CLIP4Clip: seqLSTM and seqTransf
+(docs/models.md#heads).
 
 Both add their output to the input frame features (``G(F) = f(F) + F``) and
 then pool like meanP (see :class:`LooseHead`), so frame order matters but the
@@ -98,7 +99,8 @@ class SeqTransfHead(LooseHead):
         init_new_module(self)
 
     def init_from_clip(self, clip: nn.Module) -> None:
-        """Position rows and blocks from CLIP's text tower (spec section 2).
+        """Position rows and blocks from CLIP's text tower
+        (docs/models.md#initialisation-from-clip).
 
         ``clip``: a Hugging Face ``CLIPModel`` or OpenAI's
         ``clip.model.CLIP`` (mmaction2's model); anything else is a

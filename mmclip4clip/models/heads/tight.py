@@ -1,4 +1,4 @@
-"""tightTransf: CLIP4Clip's cross-encoder head (spec section 2).
+"""tightTransf: CLIP4Clip's cross-encoder head (docs/models.md#tight-head).
 
 Unlike the loose heads there is no per-video vector: every (text, video) pair
 runs through the cross transformer, so scoring N texts against M videos costs
@@ -82,7 +82,8 @@ class TightTransfHead(nn.Module):
         init_new_module(self)
 
     def init_from_clip(self, clip: nn.Module) -> None:
-        """Position rows and blocks from CLIP's text tower (spec section 2).
+        """Position rows and blocks from CLIP's text tower
+        (docs/models.md#initialisation-from-clip).
 
         ``clip``: a Hugging Face ``CLIPModel`` or OpenAI's
         ``clip.model.CLIP`` (mmaction2's model); anything else is a

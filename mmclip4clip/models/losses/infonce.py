@@ -1,4 +1,5 @@
-"""Symmetric InfoNCE, CLIP4Clip's training objective (spec section 3)."""
+"""Symmetric InfoNCE, CLIP4Clip's training objective
+(docs/training.md#objective)."""
 from __future__ import annotations
 
 import torch

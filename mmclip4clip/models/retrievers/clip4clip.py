@@ -60,8 +60,8 @@ class CLIP4Clip(BaseModel):
             ``SeqTransfHead`` or ``TightTransfHead``).
         loss: config of the loss on the text x video logits.
         init_head_from_clip: start the head's position table and blocks from
-            CLIP's text tower (spec section 2); a checkpoint loaded later
-            replaces them.
+            CLIP's text tower (docs/models.md#initialisation-from-clip); a
+            checkpoint loaded later replaces them.
         micro_batch_size: videos per forward pass in a training step
             (None: the whole per-process batch at once; a batch not larger
             than it also runs in one pass; a last smaller micro-batch is

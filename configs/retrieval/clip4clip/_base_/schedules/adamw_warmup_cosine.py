@@ -1,6 +1,6 @@
 # AdamW with linear warm-up then cosine decay, no weight decay on norms and
-# biases, gradient clipping at norm 1.0 (spec section 4). Leaf configs set
-# the epochs, learning rate and warm-up length.
+# biases, gradient clipping at norm 1.0 (docs/training.md#recipe). Leaf configs
+# set the epochs, learning rate and warm-up length.
 max_epochs = 5
 warmup_epochs = 0.5
 base_lr = 1e-5

@@ -1,12 +1,12 @@
-# The CLIP4Clip paper's recipe (spec section 4): AdamW, lr 1e-4 for the new
-# modules and lr * coef_lr = 1e-7 for every CLIP parameter, weight decay 0.2
-# on weights only (none on norms and biases), warm-up over the first 10% then
-# cosine decay, gradient clipping at norm 1.0, 5 epochs, global batch 128.
-# Deviations: the original's BertAdam has no bias correction, its cosine runs
-# over the whole schedule (0.5 (1 + cos(pi x)) after warm-up, a small step at
-# the end of warm-up) where this one runs over the remaining 90%, and it keeps
-# CLIP's weights in fp16 (so most 1e-7 updates round away); here CLIP trains
-# in fp32 (see the README).
+# The CLIP4Clip paper's recipe (docs/training.md#recipe): AdamW, lr 1e-4 for
+# the new modules and lr * coef_lr = 1e-7 for every CLIP parameter, weight
+# decay 0.2 on weights only (none on norms and biases), warm-up over the first
+# 10% then cosine decay, gradient clipping at norm 1.0, 5 epochs, global batch
+# 128. Deviations: the original's BertAdam has no bias correction, its cosine
+# runs over the whole schedule (0.5 (1 + cos(pi x)) after warm-up, a small step
+# at the end of warm-up) where this one runs over the remaining 90%, and it
+# keeps CLIP's weights in fp16 (so most 1e-7 updates round away); here CLIP
+# trains in fp32 (see the README).
 max_epochs = 5
 warmup_epochs = 0.5  # 10% of 5 epochs
 base_lr = 1e-4
