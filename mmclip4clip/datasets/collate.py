@@ -11,22 +11,21 @@ def video_text_collate(batch: list[dict]) -> dict:
     """Stack videos and concatenate their captions.
 
     Returns ``dict(inputs=..., data_samples=[...])`` with ``imgs`` [B, T, 3,
-    H, W], ``frame_mask`` [B, T], ``input_ids`` / ``attention_mask`` [N, L']
-    and ``text_video_index`` [N] (the video of each caption). L' is the
-    longest caption of the batch: the text tower is causal and reads its
-    feature at the end token, so trailing padding never changes a feature.
+    H, W], ``frame_mask`` [B, T], ``input_ids`` / ``attention_mask`` [N, L]
+    and ``text_video_index`` [N] (the video of each caption). The captions
+    keep their padding: the backbone's ``encode_text`` cuts what follows the
+    batch's longest caption, for every caller.
     """
     inputs = [sample['inputs'] for sample in batch]
     ids = torch.cat([x['input_ids'] for x in inputs])
     mask = torch.cat([x['attention_mask'] for x in inputs])
-    length = max(int(mask.sum(dim=1).max()), 1)
     counts = torch.tensor([len(x['input_ids']) for x in inputs])
     return dict(
         inputs=dict(
             imgs=torch.stack([x['imgs'] for x in inputs]),
             frame_mask=torch.stack([x['frame_mask'] for x in inputs]),
-            input_ids=ids[:, :length].contiguous(),
-            attention_mask=mask[:, :length].contiguous(),
+            input_ids=ids,
+            attention_mask=mask,
             text_video_index=torch.repeat_interleave(
                 torch.arange(len(batch)), counts)),
         data_samples=[sample['data_samples'] for sample in batch])
