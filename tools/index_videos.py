@@ -1,7 +1,10 @@
 """Embed every video under a folder into a search index; rerun to update.
 
-    python tools/index_videos.py CONFIG CHECKPOINT VIDEO_DIR INDEX
+    python tools/index_videos.py CONFIG [CHECKPOINT] VIDEO_DIR INDEX
         [--batch-size 8] [--workers 0] [--device cpu] [--rebuild]
+
+Without CHECKPOINT the model keeps the config's own weights, e.g. a
+published CLIP4Clip model named by its ``pretrained`` directory.
 
 Only new or changed files (size or mtime) are encoded on a rerun, removed
 files are dropped, and broken files are skipped and listed at the end. The
@@ -22,7 +25,9 @@ from mmclip4clip.utils.cli import at_least
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Index a folder of videos')
     parser.add_argument('config', help='model config file')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', nargs='?',
+                        help='checkpoint file; omitted: the config\'s own '
+                        '(pretrained) weights')
     parser.add_argument('video_dir', help='folder searched recursively')
     parser.add_argument('index', help='index directory (created if missing)')
     parser.add_argument('--batch-size', type=at_least(1), default=8)
@@ -31,7 +36,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--rebuild', action='store_true',
                         help='re-encode everything, e.g. for a new model')
-    return parser.parse_args()
+    # Intermixed: the optional CHECKPOINT stays in its place whatever
+    # options come between the paths.
+    return parser.parse_intermixed_args()
 
 
 def main() -> int:

@@ -13,6 +13,10 @@ The features are those of CLIP4Clip (docs/models.md#encoders):
 """
 from __future__ import annotations
 
+import json
+import warnings
+from pathlib import Path
+
 import torch
 import transformers
 from mmengine.model import BaseModule
@@ -33,7 +37,7 @@ def build_clip(pretrained: str | None = None,
     Args:
         pretrained: a local directory in the Hugging Face format
             (``config.json`` + weights) or a hub id such as
-            ``openai/clip-vit-base-patch32``.
+            ``openai/clip-vit-base-patch32``; see :func:`load_clip`.
         config: keyword arguments of :class:`transformers.CLIPConfig`
             (``text_config``, ``vision_config``, ``projection_dim``...), for
             a randomly initialised model. Used only without ``pretrained``.
@@ -43,13 +47,83 @@ def build_clip(pretrained: str | None = None,
                          f'(got {pretrained!r}) and `config` (got {config!r})')
     if pretrained is None:
         return CLIPModel(CLIPConfig(**config))
+    return load_clip(pretrained)
+
+
+def check_clip_dir(directory: Path) -> None:
+    """Raise naming the file at fault unless ``directory`` holds a
+    ``config.json`` of a whole CLIP (``model_type`` 'clip': both towers and
+    their projections), as ``CLIPModel.save_pretrained`` writes it.
+
+    A one-tower directory (``CLIPTextModelWithProjection`` or
+    ``CLIPVisionModelWithProjection`` saved alone) would otherwise be read
+    as a CLIPConfig with default sizes and fail on shapes far from its
+    cause, or not at all.
+    """
+    config_file = directory / 'config.json'
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f'{directory} has no config.json: CLIPBackbone(pretrained=...) '
+            'takes a Hugging Face CLIP directory (config.json, '
+            'model.safetensors or pytorch_model.bin, tokenizer files)')
     try:
-        return CLIPModel.from_pretrained(pretrained)
+        model_type = json.loads(config_file.read_text()).get('model_type')
+    except (ValueError, AttributeError) as err:
+        raise ValueError(f'{config_file} is not a JSON object: {err}') from err
+    if model_type != 'clip':
+        tower = {'clip_text_model': ' (a text tower alone)',
+                 'clip_vision_model': ' (an image tower alone)'}
+        raise ValueError(
+            f'{config_file} describes model_type {model_type!r}'
+            f'{tower.get(model_type, "")}, not a CLIP model (\'clip\'): '
+            'CLIPBackbone needs both towers and their projections, as '
+            'CLIPModel.save_pretrained writes them')
+
+
+def load_clip(pretrained: str) -> CLIPModel:
+    """``CLIPModel.from_pretrained(pretrained)``, refusing weights that do
+    not fill the model.
+
+    A tensor missing from the weights, or of another shape than
+    ``config.json`` gives it (e.g. another projection width), is an error
+    naming the directory and the tensors: transformers would initialise it
+    at random (a missing one) or report it in a table. One exception:
+    ``logit_scale``, CLIP's temperature, which retrieval ranks do not depend
+    on (every score of a query is scaled alike) and which some published
+    retrieval checkpoints leave out; it is then set to CLIP's initial value,
+    ``config.logit_scale_init_value`` (ln(1 / 0.07)), with a warning.
+    """
+    if Path(pretrained).exists():
+        check_clip_dir(Path(pretrained))
+    try:
+        clip, info = CLIPModel.from_pretrained(
+            pretrained, output_loading_info=True,
+            ignore_mismatched_sizes=True)
     except OSError as err:
         raise OSError(
             f'cannot load CLIP weights from {pretrained!r}: it is neither a '
             'Hugging Face CLIP directory nor a hub id that can be reached '
             f'({err})') from err
+    mismatched = [f'{key} {tuple(got)} != {tuple(want)}'
+                  for key, got, want in info['mismatched_keys']]
+    if mismatched:
+        raise ValueError(
+            f'the weights in {pretrained} do not have the shapes its '
+            f'config.json gives (weights != config): {", ".join(mismatched)}')
+    missing = sorted(set(info['missing_keys']) - {'logit_scale'})
+    if missing:
+        raise ValueError(
+            f'the weights in {pretrained} lack {len(missing)} tensor(s) of '
+            f'its CLIP config, e.g. {", ".join(missing[:5])}: a CLIP '
+            'directory holds both towers and their projections')
+    if 'logit_scale' in info['missing_keys']:
+        with torch.no_grad():
+            clip.logit_scale.fill_(clip.config.logit_scale_init_value)
+        warnings.warn(
+            f'the weights in {pretrained} have no logit_scale; using CLIP\'s '
+            f'initial value {clip.config.logit_scale_init_value} (retrieval '
+            'ranks do not depend on it)', stacklevel=2)
+    return clip
 
 
 # The parts of transformers' CLIPModel that CLIPBackbone (and the heads'
