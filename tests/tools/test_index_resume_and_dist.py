@@ -187,3 +187,31 @@ def test_two_processes_build_the_one_process_index(workspace, checkpoint,
     assert again.returncode == 0, again.stderr[-3000:]
     assert summary(again.stdout)['encoded'] == 0
     assert_same_index(index, one_shot_index)
+
+
+def test_killed_two_process_run_resumes(workspace, checkpoint,
+                                        one_shot_index, tmp_path):
+    """A 2-process run killed mid-way (each rank SIGKILLs itself after 40
+    videos; torchrun then stops the other) resumes from each rank's
+    progress, re-encoding at most --commit-every videos per rank."""
+    index, counts = tmp_path / 'index', tmp_path / 'encoded.txt'
+    args = index_args(checkpoint, index)
+
+    def torchrun(kill_after: int, count_file: Path):
+        return run([sys.executable, '-m', 'torch.distributed.run',
+                    '--nproc_per_node=2', f'--master_port={free_port()}',
+                    str(TESTS_TOOLS / 'index_kill_wrapper.py'),
+                    str(count_file), str(kill_after),
+                    str(REPO / 'tools/index_videos.py'), *args,
+                    '--launcher', 'pytorch'], workspace)
+
+    killed = torchrun(40, counts)
+    assert killed.returncode != 0
+    assert not (index / 'index.json').exists()
+    before = sum(map(int, counts.read_text().split()))
+    resumed = torchrun(0, tmp_path / 'encoded_2.txt')
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = sum(map(int, (tmp_path / 'encoded_2.txt').read_text().split()))
+    assert before + after - NUM_VIDEOS <= 2 * COMMIT_EVERY, (before, after)
+    assert after < NUM_VIDEOS  # something was resumed
+    assert_same_index(index, one_shot_index)
