@@ -5,6 +5,8 @@ Layout of an index directory (nothing in it is ever unpickled)::
     INDEX/
       index.json              metadata, written last (the commit point)
       embeddings-<hash>.npy   float32 [M, D] unit vectors, row i = videos[i]
+      .progress/              only while an update runs or after it was
+                              killed: what it has encoded (ShardProgress)
 
 ``index.json`` holds ``format`` ("mmclip4clip-video-index"), ``version``,
 ``fingerprint`` (sha256 of the model config, the video pipeline and the

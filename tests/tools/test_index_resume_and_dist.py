@@ -215,3 +215,31 @@ def test_killed_two_process_run_resumes(workspace, checkpoint,
     assert before + after - NUM_VIDEOS <= 2 * COMMIT_EVERY, (before, after)
     assert after < NUM_VIDEOS  # something was resumed
     assert_same_index(index, one_shot_index)
+
+
+def test_progress_left_by_a_run_killed_after_its_commit_is_dropped(
+        workspace, checkpoint, tmp_path, monkeypatch):
+    """Killed between writing the index and removing its progress: the
+    next run sees progress made against an older index, drops it and finds
+    nothing to encode (it neither refuses nor resumes it)."""
+    monkeypatch.chdir(workspace)
+    cfg = Config.fromfile(str(CONFIG))
+    model = init_retriever(cfg, str(checkpoint))
+    import mmclip4clip.apis.index as index_module
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    index = tmp_path / 'index'
+    monkeypatch.setattr(index_module.shutil, 'rmtree', killed)
+    with pytest.raises(Killed):
+        update_index(model, cfg, VIDEOS, index, CONFIG, checkpoint,
+                     batch_size=BATCH, commit_every=COMMIT_EVERY)
+    monkeypatch.undo()
+    monkeypatch.chdir(workspace)
+    assert len(load_index(index).videos) == NUM_VIDEOS
+    assert (index / PROGRESS_DIR / 'rank0-of-1' / 'job.json').is_file()
+    again = update_index(model, cfg, VIDEOS, index, CONFIG, checkpoint,
+                         batch_size=BATCH, commit_every=COMMIT_EVERY)
+    assert again['encoded'] == 0 and again['unchanged'] == NUM_VIDEOS
+    assert not (index / PROGRESS_DIR).exists()
