@@ -91,8 +91,8 @@ class ProgressBarOnStderr:
             self.bar = ProgressBar(total - done, file=sys.stderr)
             self.last = done
             return
-        for _ in range(done - self.last):
-            self.bar.update()
+        if done > self.last:
+            self.bar.update(done - self.last)
         self.last = done
 
     def close(self) -> None:
