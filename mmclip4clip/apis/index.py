@@ -5,6 +5,8 @@ Layout of an index directory (nothing in it is ever unpickled)::
     INDEX/
       index.json              metadata, written last (the commit point)
       embeddings-<hash>.npy   float32 [M, D] unit vectors, row i = videos[i]
+      .progress/              only while an update runs or after it was
+                              killed: what it has encoded (ShardProgress)
 
 ``index.json`` holds ``format`` ("mmclip4clip-video-index"), ``version``,
 ``fingerprint`` (sha256 of the model config, the video pipeline and the
@@ -28,12 +30,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from mmengine.config import Config
 
 from mmclip4clip.datasets.video_files import find_videos
@@ -52,6 +56,10 @@ META_FILE = 'index.json'
 EMBEDDINGS_NAME = re.compile(r'embeddings-[0-9a-f]+\.npy')
 # How far a stored row may be from unit length (float32 rounding only).
 UNIT_TOLERANCE = 1e-3
+# Progress of an unfinished update (ShardProgress), inside the index folder.
+PROGRESS_DIR = '.progress'
+# Videos encoded between two commits of that progress: what a kill loses.
+DEFAULT_COMMIT_EVERY = 256
 
 # The keys of index.json and of its records, with the JSON types allowed.
 _META_FIELDS = dict(format=str, version=int, fingerprint=str, config=str,
@@ -253,9 +261,213 @@ def save_index(index_dir: str | Path, embeddings: np.ndarray,
             old.unlink()
 
 
+class ShardProgress:
+    """The videos one rank has encoded so far in an unfinished update, kept
+    in ``INDEX/.progress/rank<R>-of-<W>/`` so that a killed run resumes:
+
+    - ``job.json``: what the progress belongs to (model fingerprint, video
+      folder, the index it updates, batch size, number of ranks, and a
+      sha256 of this rank's list of videos with their sizes and mtimes);
+    - ``chunk-<K>.npy``: float32 [n, D] embeddings of chunk K's good videos;
+    - ``chunk-<K>.json``: chunk K's ``videos`` (``path``, ``duration``,
+      ``error``), written after its .npy: the commit point of the chunk.
+
+    Chunks are consecutive slices of the rank's list, each written once, so
+    a commit costs its own rows, not the whole run's. Nothing is unpickled.
+    """
+
+    def __init__(self, index_dir: str | Path, rank: int,
+                 world_size: int) -> None:
+        self.root = Path(index_dir) / PROGRESS_DIR
+        self.folder = self.root / f'rank{rank}-of-{world_size}'
+
+    def _chunk(self, k: int, suffix: str) -> Path:
+        return self.folder / f'chunk-{k:06d}.{suffix}'
+
+    def _check_job(self, job: dict) -> bool:
+        """True when the folder holds progress of ``job`` (resume); False
+        when it holds none or that of a finished or superseded update of
+        an older index (cleared). Raises ValueError naming job.json when it
+        belongs to another model, folder, video list or batch size."""
+        path = self.folder / 'job.json'
+        if not path.is_file():
+            return False
+        try:
+            stored = json.loads(path.read_text(encoding='utf-8'))
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ValueError(f'{path}: not valid JSON ({err}); delete '
+                             f'{self.root} to start over') from None
+        if not isinstance(stored, dict) or stored.get('base') != job['base']:
+            # Made against another state of the index: nothing to resume.
+            shutil.rmtree(self.folder)
+            return False
+        differ = [key for key in job if stored.get(key) != job[key]]
+        if differ:
+            raise ValueError(
+                f'{path} holds the progress of another indexing run '
+                f'(different {", ".join(differ)}): rerun with the same '
+                f'model, video folder and --batch-size, or delete '
+                f'{self.root} to start over')
+        return True
+
+    def _read_chunks(self, videos: list[str] | None = None
+                     ) -> tuple[list[dict], list[np.ndarray]]:
+        """The committed chunks in order: (info per video, [n, D] arrays).
+        With ``videos``, each chunk must list the next of them."""
+        info: list[dict] = []
+        arrays: list[np.ndarray] = []
+        k = 0
+        while self._chunk(k, 'json').is_file():
+            meta_path = self._chunk(k, 'json')
+            try:
+                items = json.loads(meta_path.read_text(encoding='utf-8'))
+                paths = [item['path'] for item in items]
+                good = [item['path'] for item in items
+                        if item['error'] is None]
+            except (ValueError, UnicodeDecodeError, KeyError,
+                    TypeError) as err:
+                raise ValueError(f'{meta_path}: not a list of videos '
+                                 f'({err!r}); delete {self.root} to start '
+                                 'over') from None
+            if videos is not None and \
+                    paths != videos[len(info):len(info) + len(paths)]:
+                raise ValueError(f'{meta_path} does not list the videos '
+                                 f'that follow; delete {self.root} to '
+                                 'start over')
+            emb = np.load(self._chunk(k, 'npy'), allow_pickle=False)
+            if emb.dtype != np.float32 or emb.ndim != 2 or \
+                    len(emb) != len(good):
+                raise ValueError(
+                    f'{self._chunk(k, "npy")}: {emb.dtype} {emb.shape}, not '
+                    f'float32 with one row per good video of {meta_path} '
+                    f'({len(good)}); delete {self.root} to start over')
+            check_finite_rows(emb, good, 'video(s)')
+            info += items
+            arrays.append(emb)
+            k += 1
+        return info, arrays
+
+    def read_done(self) -> tuple[list[dict], np.ndarray]:
+        """Every committed video of this rank: (info, [K, D] embeddings)."""
+        info, arrays = self._read_chunks()
+        arrays = [a for a in arrays if len(a)]
+        emb = (np.concatenate(arrays) if arrays else
+               np.zeros((0, 0), dtype=np.float32))
+        return info, emb
+
+    def encode(self, model: torch.nn.Module, cfg: Config, video_dir: Path,
+               videos: list[tuple[str, int, int]], job: dict, step: int,
+               batch_size: int, num_workers: int,
+               progress: Callable[[int, int], None] | None) -> int:
+        """Encode ``videos`` (``(path, size, mtime_ns)``) ``step`` at a
+        time, committing each chunk; skip the chunks a killed run already
+        committed. Returns how many videos were resumed."""
+        listing = json.dumps(videos).encode()
+        job = dict(job, num_videos=len(videos),
+                   videos_sha256=hashlib.sha256(listing).hexdigest())
+        paths = [rel for rel, _, _ in videos]
+        done = chunks = 0
+        if self._check_job(job):
+            info, arrays = self._read_chunks(paths)
+            done, chunks = len(info), len(arrays)
+        else:
+            for stale in self.folder.glob('chunk-*'):
+                stale.unlink()
+        resumed = done
+        if progress is not None:
+            progress(done, len(paths))
+        while done < len(paths):
+            chunk = paths[done:done + step]
+
+            def chunk_progress(finished: int, _: int, start: int = done
+                               ) -> None:
+                if progress is not None:
+                    progress(start + finished, len(paths))
+
+            emb, info = encode_videos(
+                model, cfg, [video_dir / rel for rel in chunk], batch_size,
+                num_workers, chunk_progress)
+            if chunks == 0:  # written with the first chunk: a run that
+                # fails before it (a broken model) leaves nothing behind.
+                self.folder.mkdir(parents=True, exist_ok=True)
+                with atomic_write(self.folder / 'job.json', 'w',
+                                  encoding='utf-8') as f:
+                    json.dump(job, f, indent=1)
+            with atomic_write(self._chunk(chunks, 'npy')) as f:
+                np.save(f, emb, allow_pickle=False)
+            items = [dict(path=rel, duration=item['duration'],
+                          error=item['error'])
+                     for rel, item in zip(chunk, info, strict=True)]
+            with atomic_write(self._chunk(chunks, 'json'), 'w',
+                              encoding='utf-8') as f:
+                json.dump(items, f, allow_nan=False)
+            done += len(chunk)
+            chunks += 1
+        return resumed
+
+
 def _stat(path: Path) -> tuple[int, int]:
     st = path.stat()
     return st.st_size, st.st_mtime_ns
+
+
+def _dist_info() -> tuple[int, int]:
+    """(rank, world size) of the default process group, (0, 1) without."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard_bounds(total: int, batch_size: int, rank: int,
+                 world_size: int) -> tuple[int, int]:
+    """The contiguous slice ``[start, end)`` of ``total`` videos that
+    ``rank`` encodes: whole batches, spread evenly over the ranks.
+
+    In whole batches so that every batch is one that a single process would
+    form too: the merged index is then the single-process one bit for bit.
+    """
+    batches = -(-total // batch_size)
+    first = rank * batches // world_size
+    last = (rank + 1) * batches // world_size
+    return min(first * batch_size, total), min(last * batch_size, total)
+
+
+def _all_ranks_ok(error: BaseException | None) -> None:
+    """Collective: raise ``error``, or a RuntimeError naming a failed peer,
+    on every rank when any rank failed; return when none did. Without a
+    process group just raise ``error`` if given."""
+    rank, world_size = _dist_info()
+    messages: list = [None] * world_size
+    if world_size > 1:
+        dist.all_gather_object(
+            messages, None if error is None else
+            f'{type(error).__name__}: {error}')
+    if error is not None:
+        raise error
+    failed = [(r, m) for r, m in enumerate(messages) if m is not None]
+    if failed:
+        raise RuntimeError(f'rank {failed[0][0]} failed: {failed[0][1]}')
+
+
+def _load_old_index(index_dir: Path, fingerprint: str,
+                    rebuild: bool) -> VideoIndex | None:
+    """The index to update, checked against ``fingerprint``; None when
+    there is none or ``rebuild``."""
+    if not (index_dir / META_FILE).is_file() or rebuild:
+        return None
+    try:
+        old = load_index(index_dir)
+    except InvalidIndexError as err:
+        raise InvalidIndexError(
+            f'{err}; pass --rebuild to re-encode everything into it, or '
+            'choose another index path') from None
+    if old.meta['fingerprint'] != fingerprint:
+        raise ValueError(
+            f'{index_dir} was built with another model, checkpoint or '
+            f'video pipeline (config {old.meta["config"]}, checkpoint '
+            f'{old.meta["checkpoint"]}); pass --rebuild to re-encode '
+            'everything, or choose another index path')
+    return old
 
 
 def update_index(model: torch.nn.Module,
@@ -267,37 +479,40 @@ def update_index(model: torch.nn.Module,
                  batch_size: int = 8,
                  num_workers: int = 0,
                  rebuild: bool = False,
-                 progress: Callable[[int, int], None] | None = None) -> dict:
+                 progress: Callable[[int, int], None] | None = None,
+                 commit_every: int = DEFAULT_COMMIT_EVERY) -> dict:
     """Add new or changed videos of ``video_dir`` to the index; drop removed
     ones. A file is unchanged when its size and mtime are; an unchanged file
     that failed before is not retried. Broken files are skipped.
 
-    Returns counts ``added``, ``updated``, ``unchanged``, ``removed`` and
-    ``encoded``, and ``skipped``: a list of ``{path, error}``.
+    Resumable: the videos encoded so far are committed every
+    ``commit_every`` videos (rounded down to whole batches, at least one)
+    to ``INDEX/.progress/`` (:class:`ShardProgress`), and a rerun after a
+    kill continues from there; the index itself is only written at the end,
+    the same as an uninterrupted run's. Under ``torch.distributed`` each
+    rank encodes its shard (:func:`shard_bounds`) and rank 0 writes the
+    index in the single-process order (the index folder must be shared).
+    ``progress(done, total)`` counts this rank's videos, starting from those
+    a resumed run had already done.
+
+    Returns counts ``added``, ``updated``, ``unchanged``, ``removed``,
+    ``encoded`` (videos to encode in this update, resumed ones included),
+    ``resumed`` and ``total``, and ``skipped``: a list of ``{path, error}``.
     Raises ValueError when the index was made with another model or
-    pipeline (fingerprint), unless ``rebuild``.
+    pipeline (fingerprint), unless ``rebuild``, and when the progress
+    folder holds another job's progress (naming the file).
     """
     video_dir, index_dir = Path(video_dir), Path(index_dir)
     if not video_dir.is_dir():
         # An empty listing would drop every indexed video.
         raise FileNotFoundError(f'video folder {video_dir} does not exist '
                                 'or is not a directory')
+    rank, world_size = _dist_info()
     fingerprint = model_fingerprint(cfg, checkpoint)
+    old = _load_old_index(index_dir, fingerprint, rebuild)
     old_rows: dict[str, tuple[dict, np.ndarray]] = {}
     old_skipped: dict[str, dict] = {}
-    if (index_dir / META_FILE).is_file() and not rebuild:
-        try:
-            old = load_index(index_dir)
-        except InvalidIndexError as err:
-            raise InvalidIndexError(
-                f'{err}; pass --rebuild to re-encode everything into it, or '
-                'choose another index path') from None
-        if old.meta['fingerprint'] != fingerprint:
-            raise ValueError(
-                f'{index_dir} was built with another model, checkpoint or '
-                f'video pipeline (config {old.meta["config"]}, checkpoint '
-                f'{old.meta["checkpoint"]}); pass --rebuild to re-encode '
-                'everything, or choose another index path')
+    if old is not None:
         old_rows = {v['path']: (v, old.embeddings[i])
                     for i, v in enumerate(old.videos)}
         old_skipped = {s['path']: s for s in old.meta['skipped']}
@@ -317,10 +532,66 @@ def update_index(model: torch.nn.Module,
                 counts['unchanged'] += 1
             continue
         todo.append(rel)
-    emb, info = encode_videos(model, cfg, [video_dir / r for r in todo],
-                              batch_size, num_workers, progress)
+
+    job = dict(fingerprint=fingerprint, video_dir=str(video_dir.resolve()),
+               base=old.meta['embeddings'] if old is not None else None,
+               batch_size=batch_size, world_size=world_size)
+    step = max(batch_size, commit_every // batch_size * batch_size)
+    start, end = shard_bounds(len(todo), batch_size, rank, world_size)
+    shard = ShardProgress(index_dir, rank, world_size)
+    error = None
+    try:
+        resumed = shard.encode(
+            model, cfg, video_dir,
+            [(rel, *stats[rel]) for rel in todo[start:end]], job, step,
+            batch_size, num_workers, progress)
+    except Exception as err:  # every rank must hear of it
+        error = err
+    _all_ranks_ok(error)
+    if rank != 0:
+        _all_ranks_ok(None)  # wait until rank 0 has written the index
+        return dict(counts, removed=0, encoded=end - start, resumed=resumed,
+                    total=0, skipped=[])
+    error = None
+    try:
+        info, emb = [], []
+        for peer in range(world_size):
+            peer_info, peer_emb = ShardProgress(
+                index_dir, peer, world_size).read_done()
+            info += peer_info
+            emb.append(peer_emb)
+        if [item['path'] for item in info] != todo:
+            raise RuntimeError(
+                f'{shard.root}: the ranks\' progress does not cover the '
+                'videos to encode; delete that folder and run again')
+        emb = [rows for rows in emb if len(rows)]
+        emb = np.concatenate(emb) if emb else np.zeros((0, 0), np.float32)
+        summary = _write_updated_index(
+            index_dir, video_dir, files, stats, todo, info, emb, old_rows,
+            skipped, counts, fingerprint, config_path, checkpoint)
+        if shard.root.exists():
+            shutil.rmtree(shard.root)
+    except Exception as err:
+        error = err
+    if world_size > 1:
+        _all_ranks_ok(error)
+    elif error is not None:
+        raise error
+    return dict(summary, resumed=resumed)
+
+
+def _write_updated_index(index_dir: Path, video_dir: Path, files: list[str],
+                         stats: dict, todo: list[str], info: list[dict],
+                         emb: np.ndarray,
+                         old_rows: dict[str, tuple[dict, np.ndarray]],
+                         skipped: list[dict], counts: dict,
+                         fingerprint: str, config_path: str | Path,
+                         checkpoint: str | Path | None) -> dict:
+    """Merge the encoded ``todo`` videos (``info`` per video, ``emb`` [K, D]
+    for the good ones, in order) with the kept rows in the order of
+    ``files``; save the index; return the summary counts."""
     new_rows, row = {}, 0
-    for rel, item in zip(todo, info):
+    for rel, item in zip(todo, info, strict=True):
         size, mtime = stats[rel]
         if item['error'] is not None:
             skipped.append(dict(path=rel, size=size, mtime_ns=mtime,
@@ -331,10 +602,11 @@ def update_index(model: torch.nn.Module,
                               duration=item['duration']), emb[row])
         row += 1
 
+    todo_set = set(todo)
     videos, vectors = [], []
     for rel in files:
         entry = new_rows.get(rel)
-        if entry is None and rel in old_rows and rel not in todo:
+        if entry is None and rel in old_rows and rel not in todo_set:
             entry = old_rows[rel]
         if entry is not None:
             videos.append(entry[0])

@@ -346,9 +346,10 @@ def test_nan_checkpoint_is_refused_and_nothing_is_written(
     assert error.startswith('error: 16 video(s) have embeddings that are not '
                             'finite'), proc.stderr
     assert '00000_' in error and 'Traceback' not in proc.stderr
-    # Refused at the first batch, before anything is stored.
-    assert 'encoded 16/90' not in proc.stdout
-    assert not (index / 'index.json').exists()
+    # Refused at the first batch, before anything is stored: no index, no
+    # committed progress (the bar, now on stderr, never reached 16/90).
+    assert ' 16/90,' not in proc.stderr and proc.stdout == ''
+    assert not index.exists()
 
 
 def test_tight_head_is_refused(model_cfg):
