@@ -1,0 +1,275 @@
+"""Search a video index from a browser: a FastAPI app over
+:func:`~.index.search_index`.
+
+Routes (``create_app`` builds them; ``tools/search_server.py`` serves them)::
+
+    GET /                   the search page (static HTML: no data in it)
+    GET /static/app.js      the page's script (fetches /api/search, builds
+                            the result list with textContent)
+    GET /static/app.css     its style sheet
+    GET /api/search?q=&k=   JSON ranking: {query, k, results, warnings}
+    GET /api/thumb/{row}    JPEG strip of frames of the row-th indexed video
+    GET /video/{row}        the row-th indexed video file (byte ranges)
+
+Safety: the model, tokenizer and index are loaded once, at start. Files are
+named by their row in the index, never by a path from the request, and a
+listed file that now resolves outside the index's video folder (a swapped
+in symlink) is answered 404. Queries are bounded in length, ``k`` in
+1..:data:`MAX_K`; one query is encoded at a time (torch already spreads one
+encode over every core) with at most ``max_waiting`` more waiting, beyond
+which a query is answered 503 at once. Every response carries
+``X-Content-Type-Options: nosniff`` and a Content-Security-Policy allowing
+only this server's own script, style, images and media.
+"""
+from __future__ import annotations
+
+import io
+import re
+import threading
+import warnings
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from mmengine.config import Config
+
+from .encode import QueryWarning
+from .index import load_index, model_fingerprint, search_index
+from .inference import init_retriever
+
+MAX_QUERY_CHARS = 500
+MAX_K = 100
+DEFAULT_K = 10
+# Frames in a result's thumbnail strip, and their height in pixels.
+STRIP_FRAMES = 4
+STRIP_HEIGHT = 72
+_ROW = re.compile(r'[0-9]{1,12}')
+
+SECURITY_HEADERS = {
+    'X-Content-Type-Options': 'nosniff',
+    'Content-Security-Policy': (
+        "default-src 'none'; script-src 'self'; style-src 'self'; "
+        "img-src 'self'; media-src 'self'; connect-src 'self'; "
+        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
+    'Referrer-Policy': 'no-referrer',
+    'X-Frame-Options': 'DENY',
+}
+
+
+class SearchRefused(Exception):
+    """A query answered with an error: ``status`` and a ``message`` saying
+    why."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _static(name: str) -> bytes:
+    return resources.files(__package__).joinpath('web_static', name) \
+        .read_bytes()
+
+
+class VideoSearcher:
+    """An index and its model, loaded once; answers queries with a bounded
+    number of concurrent encodes.
+
+    ``config`` and ``checkpoint`` default to those the index was built with
+    (an index built by another model is refused, as tools/search.py does).
+    """
+
+    def __init__(self, index_path: str | Path, config: str | None = None,
+                 checkpoint: str | None = None, device: str = 'cpu',
+                 engine: str = 'exact', max_waiting: int = 8):
+        if max_waiting < 0:
+            raise ValueError(f'max_waiting must be >= 0, not {max_waiting}')
+        self.index_path = Path(index_path)
+        self.index = load_index(self.index_path)
+        config = config or self.index.meta['config']
+        checkpoint = checkpoint or self.index.meta['checkpoint']
+        self.cfg = Config.fromfile(config)
+        if model_fingerprint(self.cfg, checkpoint) != \
+                self.index.meta['fingerprint']:
+            raise ValueError(f'{self.index_path} was built with another '
+                             'model, checkpoint or video pipeline')
+        self.model = init_retriever(self.cfg, checkpoint, device=device)
+        self.engine = engine
+        self.video_dir = Path(self.index.meta['video_dir']).resolve()
+        self.row_of = {v['path']: i for i, v in enumerate(self.index.videos)}
+        # One encode at a time; the admission semaphore bounds how many
+        # requests hold a thread waiting for it (the rest get 503).
+        self._encode_lock = threading.Lock()
+        self._admitted = threading.BoundedSemaphore(max_waiting + 1)
+
+    def search(self, query: str, k: int) -> dict:
+        """``{query, k, results, warnings}`` for a checked query; raises
+        :class:`SearchRefused` for a query that cannot be answered."""
+        if not query.strip():
+            raise SearchRefused(400, 'the query is empty: type some words '
+                                'to search for')
+        if len(query) > MAX_QUERY_CHARS:
+            raise SearchRefused(400, f'the query is {len(query)} characters '
+                                f'long; at most {MAX_QUERY_CHARS} are '
+                                'accepted')
+        if not 1 <= k <= MAX_K:
+            raise SearchRefused(400, f'k must be between 1 and {MAX_K}, '
+                                f'not {k}')
+        if not self._admitted.acquire(blocking=False):
+            raise SearchRefused(503, 'the server is busy with other '
+                                'queries; try again in a moment')
+        try:
+            with self._encode_lock, warnings.catch_warnings(record=True) \
+                    as caught:
+                # catch_warnings is process-wide: it is only entered under
+                # the encode lock, and only QueryWarnings are kept.
+                warnings.simplefilter('always', QueryWarning)
+                try:
+                    hits = search_index(self.model, self.cfg, self.index,
+                                        query, k, self.engine,
+                                        self.index_path)
+                except ValueError as err:
+                    raise SearchRefused(400, str(err)) from None
+        finally:
+            self._admitted.release()
+        results = []
+        for rank, hit in enumerate(hits, 1):
+            row = self.row_of[hit['path']]
+            video = self.index.videos[row]
+            result = dict(rank=rank, id=row, path=hit['path'],
+                          score=hit['score'], duration=video['duration'])
+            for key in ('start', 'end', 'caption'):
+                if key in video:
+                    result[key] = video[key]
+            results.append(result)
+        messages = [str(w.message) for w in caught
+                    if issubclass(w.category, QueryWarning)]
+        return dict(query=query, k=k, results=results, warnings=messages)
+
+    def video_file(self, row: str) -> Path | None:
+        """The file of index row ``row`` (a string of digits from the URL),
+        or None when there is no such row, the file is gone, or it now
+        resolves outside the video folder."""
+        if not _ROW.fullmatch(row) or int(row) >= len(self.index.videos):
+            return None
+        listed = self.video_dir / self.index.videos[int(row)]['path']
+        try:
+            real = listed.resolve(strict=True)
+        except (OSError, RuntimeError):  # missing, or a symlink loop
+            return None
+        if not real.is_relative_to(self.video_dir) or not real.is_file():
+            return None
+        return real
+
+    def thumbnail(self, row: str) -> bytes | None:
+        """A JPEG strip of :data:`STRIP_FRAMES` frames of row ``row``, or
+        None when the file cannot be served or decoded."""
+        path = self.video_file(row)
+        if path is None:
+            return None
+        stat = path.stat()
+        return _frame_strip(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=512)
+def _frame_strip(path: str, size: int, mtime_ns: int) -> bytes | None:
+    """Frames at 1/8, 3/8, 5/8 and 7/8 of the video side by side, as JPEG
+    (``size`` and ``mtime_ns`` key the cache: a changed file is redrawn)."""
+    import av
+    from PIL import Image
+
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            duration = (float(stream.duration * stream.time_base)
+                        if stream.duration else
+                        (container.duration or 0) / av.time_base)
+            frames = []
+            for i in range(STRIP_FRAMES):
+                at = duration * (2 * i + 1) / (2 * STRIP_FRAMES)
+                container.seek(int(at / stream.time_base), stream=stream,
+                               backward=True, any_frame=False)
+                frame = None
+                for frame in container.decode(stream):
+                    if frame.time is None or frame.time >= at:
+                        break
+                if frame is not None:
+                    frames.append(frame.to_image())
+    except (av.error.FFmpegError, OSError, ValueError, IndexError):
+        return None
+    if not frames:
+        return None
+    scaled = [im.resize((max(1, round(im.width * STRIP_HEIGHT / im.height)),
+                         STRIP_HEIGHT)) for im in frames]
+    strip = Image.new('RGB', (sum(im.width for im in scaled), STRIP_HEIGHT))
+    x = 0
+    for im in scaled:
+        strip.paste(im, (x, 0))
+        x += im.width
+    out = io.BytesIO()
+    strip.save(out, format='JPEG', quality=85)
+    return out.getvalue()
+
+
+def create_app(index_path: str | Path, config: str | None = None,
+               checkpoint: str | None = None, device: str = 'cpu',
+               engine: str = 'exact', max_waiting: int = 8):
+    """The FastAPI app serving ``index_path`` (see the module docstring);
+    the model and index are loaded here, once."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import FileResponse, JSONResponse, Response
+
+    searcher = VideoSearcher(index_path, config, checkpoint, device, engine,
+                             max_waiting)
+    page, script, style = (_static(n) for n in ('index.html', 'app.js',
+                                                'app.css'))
+    app = FastAPI(title='mmclip4clip video search', docs_url=None,
+                  redoc_url=None, openapi_url=None)
+    app.state.searcher = searcher
+
+    @app.middleware('http')
+    async def add_security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    @app.get('/')
+    def index_page() -> Response:
+        return Response(page, media_type='text/html; charset=utf-8')
+
+    @app.get('/static/app.js')
+    def app_script() -> Response:
+        return Response(script, media_type='text/javascript; charset=utf-8')
+
+    @app.get('/static/app.css')
+    def app_style() -> Response:
+        return Response(style, media_type='text/css; charset=utf-8')
+
+    # Plain `def` handlers run in the server's thread pool, so a query
+    # waiting for the encode lock blocks no other request.
+    @app.get('/api/search')
+    def api_search(q: str = '', k: str = str(DEFAULT_K)) -> JSONResponse:
+        try:
+            if not re.fullmatch(r'-?[0-9]{1,6}', k):
+                raise SearchRefused(400, f'k must be an integer between 1 '
+                                    f'and {MAX_K}, not {k[:20]!r}')
+            return JSONResponse(searcher.search(q, int(k)))
+        except SearchRefused as err:
+            return JSONResponse(dict(error=err.message), err.status)
+
+    @app.get('/api/thumb/{row}')
+    def api_thumb(row: str) -> Response:
+        jpeg = searcher.thumbnail(row)
+        if jpeg is None:
+            return JSONResponse(dict(error='no such video'), 404)
+        return Response(jpeg, media_type='image/jpeg',
+                        headers={'Cache-Control': 'max-age=3600'})
+
+    @app.get('/video/{row}')
+    def video(row: str) -> Response:
+        path = searcher.video_file(row)
+        if path is None:
+            return JSONResponse(dict(error='no such video'), 404)
+        return FileResponse(path)
+
+    return app

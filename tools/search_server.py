@@ -1,0 +1,61 @@
+"""Search a video index in a browser.
+
+    python tools/search_server.py INDEX [--host 127.0.0.1] [--port 8000]
+        [--config CONFIG] [--checkpoint CKPT] [--device cpu]
+        [--engine {exact,faiss}] [--max-waiting 8]
+
+Serves a search page at http://HOST:PORT/ and its JSON API at
+/api/search?q=...&k=... (the app is ``mmclip4clip.apis.web.create_app``,
+which describes the routes and what it refuses). Needs the ``web`` extra:
+``pip install -e ".[web]"``. It listens on 127.0.0.1 (this machine only)
+unless --host says otherwise. A malformed index, config or checkpoint ends
+with a one-line error and exit status 1 before anything listens.
+"""
+import argparse
+import sys
+
+from mmclip4clip.utils.cli import at_least
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='Serve a search page for a video index')
+    parser.add_argument('index', help='index directory')
+    parser.add_argument('--host', default='127.0.0.1',
+                        help='address to listen on (default: this machine '
+                        'only; 0.0.0.0 exposes the index\'s videos to the '
+                        'network)')
+    parser.add_argument('--port', type=at_least(1), default=8000)
+    parser.add_argument('--config', help='default: the index\'s config')
+    parser.add_argument('--checkpoint',
+                        help='default: the index\'s checkpoint')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--engine', choices=('exact', 'faiss'),
+                        default='exact')
+    parser.add_argument('--max-waiting', type=at_least(0), default=8,
+                        help='queries that may wait while one is encoded; '
+                        'more are answered 503')
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    try:
+        import uvicorn
+
+        from mmclip4clip.apis.web import create_app
+        app = create_app(args.index, args.config, args.checkpoint,
+                         args.device, args.engine, args.max_waiting)
+    except ImportError as err:
+        print(f'error: {err}; the server needs pip install -e ".[web]"',
+              file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as err:
+        print('error: ' + ' '.join(str(err).splitlines()), file=sys.stderr)
+        return 1
+    uvicorn.run(app, host=args.host, port=args.port, log_level='info')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
