@@ -17,7 +17,9 @@ listed file that now resolves outside the index's video folder (a swapped
 in symlink) is answered 404. Queries are bounded in length, ``k`` in
 1..:data:`MAX_K`; one query is encoded at a time (torch already spreads one
 encode over every core) with at most ``max_waiting`` more waiting, beyond
-which a query is answered 503 at once. Every response carries
+which a query is answered 503 at once; at most
+:data:`MAX_CONCURRENT_THUMBNAILS` thumbnails are decoded at once (the others
+wait). Every response carries
 ``X-Content-Type-Options: nosniff`` and a Content-Security-Policy allowing
 only this server's own script, style, images and media.
 """
@@ -43,6 +45,8 @@ DEFAULT_K = 10
 # Frames in a result's thumbnail strip, and their height in pixels.
 STRIP_FRAMES = 4
 STRIP_HEIGHT = 72
+# Thumbnail strips decoded at once (more requests wait their turn).
+MAX_CONCURRENT_THUMBNAILS = 2
 _ROW = re.compile(r'[0-9]{1,12}')
 
 SECURITY_HEADERS = {
@@ -101,6 +105,8 @@ class VideoSearcher:
         # requests hold a thread waiting for it (the rest get 503).
         self._encode_lock = threading.Lock()
         self._admitted = threading.BoundedSemaphore(max_waiting + 1)
+        self._thumbnail_slots = threading.BoundedSemaphore(
+            MAX_CONCURRENT_THUMBNAILS)
 
     def search(self, query: str, k: int) -> dict:
         """``{query, k, results, warnings}`` for a checked query; raises
@@ -168,7 +174,8 @@ class VideoSearcher:
         if path is None:
             return None
         stat = path.stat()
-        return _frame_strip(str(path), stat.st_size, stat.st_mtime_ns)
+        with self._thumbnail_slots:
+            return _frame_strip(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 @lru_cache(maxsize=512)
