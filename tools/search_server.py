@@ -3,12 +3,15 @@
     python tools/search_server.py INDEX [--host 127.0.0.1] [--port 8000]
         [--config CONFIG] [--checkpoint CKPT] [--device cpu]
         [--engine {exact,faiss}] [--max-waiting 8]
+        [--rerank-config TIGHT_CONFIG --rerank-checkpoint CKPT --rerank-topk 50]
 
 Serves a search page at http://HOST:PORT/ and its JSON API at
 /api/search?q=...&k=... (the app is ``mmclip4clip.apis.web.create_app``,
 which describes the routes and what it refuses). Needs the ``web`` extra:
 ``pip install -e ".[web]"``. It listens on 127.0.0.1 (this machine only)
-unless --host says otherwise. A malformed index, config or checkpoint ends
+unless --host says otherwise. With a tightTransf model the loose top
+--rerank-topk hits of each query are re-ordered by its pair logits, as
+tools/search.py does. A malformed index, config or checkpoint ends
 with a one-line error and exit status 1 before anything listens.
 """
 import argparse
@@ -35,7 +38,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--max-waiting', type=at_least(0), default=8,
                         help='queries that may wait while one is encoded; '
                         'more are answered 503')
-    return parser.parse_args()
+    parser.add_argument('--rerank-config',
+                        help='a tightTransf config: re-rank the top '
+                        '--rerank-topk loose hits with its pair logits')
+    parser.add_argument('--rerank-checkpoint', help='its checkpoint')
+    parser.add_argument('--rerank-topk', type=at_least(1), default=50,
+                        help='size of the loose shortlist to re-rank')
+    args = parser.parse_args()
+    if (args.rerank_config is None) != (args.rerank_checkpoint is None):
+        parser.error('--rerank-config and --rerank-checkpoint go together')
+    return args
 
 
 def main() -> int:
@@ -45,7 +57,9 @@ def main() -> int:
 
         from mmclip4clip.apis.web import create_app
         app = create_app(args.index, args.config, args.checkpoint,
-                         args.device, args.engine, args.max_waiting)
+                         args.device, args.engine, args.max_waiting,
+                         args.rerank_config, args.rerank_checkpoint,
+                         args.rerank_topk)
     except ImportError as err:
         print(f'error: {err}; the server needs pip install -e ".[web]"',
               file=sys.stderr)

@@ -36,7 +36,12 @@ from pathlib import Path
 from mmengine.config import Config
 
 from .encode import QueryWarning
-from .index import load_index, model_fingerprint, search_index
+from .index import (
+    load_index,
+    model_fingerprint,
+    rerank_with_tight,
+    search_index,
+)
 from .inference import init_retriever
 
 MAX_QUERY_CHARS = 500
@@ -81,13 +86,26 @@ class VideoSearcher:
 
     ``config`` and ``checkpoint`` default to those the index was built with
     (an index built by another model is refused, as tools/search.py does).
+    With ``rerank_config`` and ``rerank_checkpoint`` (a tightTransf model),
+    the loose top ``max(rerank_topk, k)`` are re-ordered by its pair logits
+    and each result gains ``tight_score``, as ``tools/search.py
+    --rerank-config`` does.
     """
 
     def __init__(self, index_path: str | Path, config: str | None = None,
                  checkpoint: str | None = None, device: str = 'cpu',
-                 engine: str = 'exact', max_waiting: int = 8):
+                 engine: str = 'exact', max_waiting: int = 8,
+                 rerank_config: str | None = None,
+                 rerank_checkpoint: str | None = None,
+                 rerank_topk: int = 50):
         if max_waiting < 0:
             raise ValueError(f'max_waiting must be >= 0, not {max_waiting}')
+        if (rerank_config is None) != (rerank_checkpoint is None):
+            # A tight head without its weights would re-rank at random.
+            raise ValueError('rerank_config and rerank_checkpoint go '
+                             'together')
+        if rerank_topk < 1:
+            raise ValueError(f'rerank_topk must be >= 1, not {rerank_topk}')
         self.index_path = Path(index_path)
         self.index = load_index(self.index_path)
         config = config or self.index.meta['config']
@@ -98,6 +116,13 @@ class VideoSearcher:
             raise ValueError(f'{self.index_path} was built with another '
                              'model, checkpoint or video pipeline')
         self.model = init_retriever(self.cfg, checkpoint, device=device)
+        self.tight_cfg = self.tight_model = None
+        if rerank_config is not None:
+            self.tight_cfg = Config.fromfile(rerank_config)
+            self.tight_model = init_retriever(self.tight_cfg,
+                                              rerank_checkpoint,
+                                              device=device)
+        self.rerank_topk = rerank_topk
         self.engine = engine
         self.video_dir = Path(self.index.meta['video_dir']).resolve()
         self.row_of = {v['path']: i for i, v in enumerate(self.index.videos)}
@@ -131,9 +156,7 @@ class VideoSearcher:
                 # the encode lock, and only QueryWarnings are kept.
                 warnings.simplefilter('always', QueryWarning)
                 try:
-                    hits = search_index(self.model, self.cfg, self.index,
-                                        query, k, self.engine,
-                                        self.index_path)
+                    hits = self._ranking(query, k)
                 except ValueError as err:
                     raise SearchRefused(400, str(err)) from None
         finally:
@@ -144,6 +167,8 @@ class VideoSearcher:
             video = self.index.videos[row]
             result = dict(rank=rank, id=row, path=hit['path'],
                           score=hit['score'], duration=video['duration'])
+            if 'tight_score' in hit:
+                result['tight_score'] = hit['tight_score']
             for key in ('start', 'end', 'caption'):
                 if key in video:
                     result[key] = video[key]
@@ -151,6 +176,18 @@ class VideoSearcher:
         messages = [str(w.message) for w in caught
                     if issubclass(w.category, QueryWarning)]
         return dict(query=query, k=k, results=results, warnings=messages)
+
+    def _ranking(self, query: str, k: int) -> list[dict]:
+        """search_index's top ``k``, re-ranked when a tight model is
+        loaded."""
+        if self.tight_model is None:
+            return search_index(self.model, self.cfg, self.index, query, k,
+                                self.engine, self.index_path)
+        shortlist = search_index(self.model, self.cfg, self.index, query,
+                                 max(self.rerank_topk, k), self.engine,
+                                 self.index_path)
+        return rerank_with_tight(shortlist, self.tight_model, self.tight_cfg,
+                                 self.index.meta['video_dir'], query)[:k]
 
     def video_file(self, row: str) -> Path | None:
         """The file of index row ``row`` (a string of digits from the URL),
@@ -220,14 +257,18 @@ def _frame_strip(path: str, size: int, mtime_ns: int) -> bytes | None:
 
 def create_app(index_path: str | Path, config: str | None = None,
                checkpoint: str | None = None, device: str = 'cpu',
-               engine: str = 'exact', max_waiting: int = 8):
-    """The FastAPI app serving ``index_path`` (see the module docstring);
-    the model and index are loaded here, once."""
+               engine: str = 'exact', max_waiting: int = 8,
+               rerank_config: str | None = None,
+               rerank_checkpoint: str | None = None, rerank_topk: int = 50):
+    """The FastAPI app serving ``index_path`` (see the module docstring;
+    the arguments are :class:`VideoSearcher`'s); the model(s) and index are
+    loaded here, once."""
     from fastapi import FastAPI, Request
     from fastapi.responses import FileResponse, JSONResponse, Response
 
     searcher = VideoSearcher(index_path, config, checkpoint, device, engine,
-                             max_waiting)
+                             max_waiting, rerank_config, rerank_checkpoint,
+                             rerank_topk)
     page, script, style = (_static(n) for n in ('index.html', 'app.js',
                                                 'app.css'))
     app = FastAPI(title='mmclip4clip video search', docs_url=None,

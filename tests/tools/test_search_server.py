@@ -24,6 +24,7 @@ from helpers import free_port  # noqa: E402
 from mmclip4clip.apis import (  # noqa: E402
     init_retriever,
     load_index,
+    rerank_with_tight,
     search_index,
     update_index,
 )
@@ -118,6 +119,41 @@ def test_search_json_is_search_index_ranking(workspace, model_cfg,
             assert r['duration'] == index.videos[r['id']]['duration']
     everything = client.get('/api/search', params=dict(q=caption, k=MAX_K))
     assert len(everything.json()['results']) == NUM_CLIPS + 1
+
+
+def test_tight_rerank_equals_rerank_with_tight(workspace, model_cfg,
+                                              index_dir, tmp_path):
+    """With a tightTransf model: the loose top max(rerank_topk, k)
+    re-ordered by its logits, exactly as rerank_with_tight orders them."""
+    model, cfg = model_cfg
+    tight_cfg = Config.fromfile(str(CONFIG))
+    tight_cfg.model.head = dict(type='TightTransfHead', embed_dim=64,
+                                num_layers=1, num_heads=2, max_positions=32)
+    torch.manual_seed(0)
+    tight = init_retriever(tight_cfg)
+    with torch.no_grad():  # a random head far from uniform attention
+        tight.head.position_embeddings.weight.normal_()
+    ckpt = tmp_path / 'tight.pth'
+    torch.save(dict(state_dict=tight.state_dict()), ckpt)
+    tight_path = tmp_path / 'tight_config.py'
+    tight_cfg.dump(str(tight_path))
+    query = 'a red square moves left along the top'
+    index = load_index(index_dir)
+    expected = rerank_with_tight(
+        search_index(model, cfg, index, query, 6), tight, tight_cfg,
+        index.meta['video_dir'], query)[:4]
+    app = create_app(index_dir, rerank_config=str(tight_path),
+                     rerank_checkpoint=str(ckpt), rerank_topk=6)
+    with TestClient(app) as rerank_client:
+        response = rerank_client.get('/api/search', params=dict(q=query, k=4))
+    assert response.status_code == 200, response.text
+    results = response.json()['results']
+    assert [(r['path'], r['score'], r['tight_score']) for r in results] == [
+        (h['path'], h['score'], h['tight_score']) for h in expected]
+    assert [r['tight_score'] for r in results] == sorted(
+        (r['tight_score'] for r in results), reverse=True)
+    with pytest.raises(ValueError, match='go together'):
+        create_app(index_dir, rerank_config=str(tight_path))
 
 
 def test_unknown_words_come_back_as_warnings(client):

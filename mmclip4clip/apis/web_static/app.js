@@ -46,6 +46,11 @@ function showResults(results) {
     img.loading = 'lazy';
     item.append(img);
     item.append(el('span', 'score', Number(result.score).toFixed(4)));
+    if ('tight_score' in result) {
+      const tight = result.tight_score === null ? 'unreadable'
+        : Number(result.tight_score).toFixed(4);
+      item.append(el('span', 'score', 'tight ' + tight));
+    }
     item.append(el('span', 'path', result.path));
     if (typeof result.caption === 'string') {
       item.append(el('div', 'caption', result.caption));
