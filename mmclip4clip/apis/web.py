@@ -26,6 +26,7 @@ only this server's own script, style, images and media.
 from __future__ import annotations
 
 import io
+import math
 import re
 import threading
 import warnings
@@ -169,9 +170,7 @@ class VideoSearcher:
                           score=hit['score'], duration=video['duration'])
             if 'tight_score' in hit:
                 result['tight_score'] = hit['tight_score']
-            for key in ('start', 'end', 'caption'):
-                if key in video:
-                    result[key] = video[key]
+            result.update(_optional_fields(video))
             results.append(result)
         messages = [str(w.message) for w in caught
                     if issubclass(w.category, QueryWarning)]
@@ -213,6 +212,21 @@ class VideoSearcher:
         stat = path.stat()
         with self._thumbnail_slots:
             return _frame_strip(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def _optional_fields(video: dict) -> dict:
+    """A segment (``start``, ``end`` in seconds, both numbers, start <
+    end) and a ``caption`` (a string) when the index record has them; the
+    page then plays the segment (``#t=start,end``) and shows the caption.
+    Today's indexes have neither; anything malformed is left out."""
+    fields = {}
+    start, end = video.get('start'), video.get('end')
+    if (all(isinstance(t, (int, float)) and not isinstance(t, bool)
+            and math.isfinite(t) for t in (start, end)) and start < end):
+        fields.update(start=start, end=end)
+    if isinstance(video.get('caption'), str):
+        fields['caption'] = video['caption']
+    return fields
 
 
 @lru_cache(maxsize=512)

@@ -2,6 +2,7 @@
 on a small index of synthetic clips with a fixed untrained model: its JSON
 equals search_index's ranking exactly, it serves only the files the index
 lists (by row), never puts data into HTML, and refuses oversized queries."""
+import copy
 import io
 import json
 import os
@@ -28,6 +29,7 @@ from mmclip4clip.apis import (  # noqa: E402
     search_index,
     update_index,
 )
+from mmclip4clip.apis.index import save_index  # noqa: E402
 from mmclip4clip.apis.web import (  # noqa: E402
     MAX_K,
     MAX_QUERY_CHARS,
@@ -154,6 +156,31 @@ def test_tight_rerank_equals_rerank_with_tight(workspace, model_cfg,
         (r['tight_score'] for r in results), reverse=True)
     with pytest.raises(ValueError, match='go together'):
         create_app(index_dir, rerank_config=str(tight_path))
+
+
+def test_segments_and_captions_are_passed_through(index_dir, tmp_path):
+    """An index record with a segment and a caption: the result carries
+    them (the page plays from ``start``); malformed ones are left out."""
+    index = load_index(index_dir)
+    meta = copy.deepcopy(index.meta)
+    for video in meta['videos']:
+        video.update(start=0.5, end=1.5, caption='<b>x</b> & y')
+    meta['videos'][0].update(start='0', end=True, caption=7)
+    meta['videos'][1].update(start=1.5, end=0.5)
+    segmented = tmp_path / 'segmented_index'
+    save_index(segmented, index.embeddings, meta)
+    with TestClient(create_app(segmented)) as segment_client:
+        results = segment_client.get(
+            '/api/search', params=dict(q='a red square', k=MAX_K)).json()[
+                'results']
+    for result in results:
+        if result['id'] == 0:
+            assert not {'start', 'end', 'caption'} & set(result)
+        elif result['id'] == 1:
+            assert 'start' not in result and 'end' not in result
+        else:
+            assert (result['start'], result['end'], result['caption']) == (
+                0.5, 1.5, '<b>x</b> & y')
 
 
 def test_unknown_words_come_back_as_warnings(client):
