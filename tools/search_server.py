@@ -29,6 +29,12 @@ def parse_args() -> argparse.Namespace:
                         'only; 0.0.0.0 exposes the index\'s videos to the '
                         'network)')
     parser.add_argument('--port', type=at_least(1), default=8000)
+    parser.add_argument('--allowed-host', action='append', default=[],
+                        metavar='NAME',
+                        help='a Host name clients use to reach the server '
+                        '(repeatable); default: the loopback names and '
+                        '--host, or any name when --host is a wildcard '
+                        'address')
     parser.add_argument('--config', help='default: the index\'s config')
     parser.add_argument('--checkpoint',
                         help='default: the index\'s checkpoint')
@@ -50,6 +56,17 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def allowed_hosts(host: str, extra: list[str]) -> list[str]:
+    """The Host names to answer: loopback's, ``host`` and ``extra``; any
+    (``*``) for a wildcard ``host`` unless ``extra`` names them."""
+    from mmclip4clip.apis.web import LOOPBACK_HOSTS
+
+    if host in ('0.0.0.0', '::', '') and not extra:
+        return ['*']
+    named = f'[{host}]' if ':' in host else host
+    return list(dict.fromkeys([*LOOPBACK_HOSTS, named, *extra]))
+
+
 def main() -> int:
     args = parse_args()
     try:
@@ -59,7 +76,8 @@ def main() -> int:
         app = create_app(args.index, args.config, args.checkpoint,
                          args.device, args.engine, args.max_waiting,
                          args.rerank_config, args.rerank_checkpoint,
-                         args.rerank_topk)
+                         args.rerank_topk,
+                         allowed_hosts(args.host, args.allowed_host))
     except ImportError as err:
         print(f'error: {err}; the server needs pip install -e ".[web]"',
               file=sys.stderr)

@@ -11,7 +11,10 @@ Routes (``create_app`` builds them; ``tools/search_server.py`` serves them)::
     GET /api/thumb/{row}    JPEG strip of frames of the row-th indexed video
     GET /video/{row}        the row-th indexed video file (byte ranges)
 
-Safety: the model, tokenizer and index are loaded once, at start. Files are
+Safety: the model, tokenizer and index are loaded once, at start. Requests
+whose ``Host`` is not one of ``allowed_hosts`` (by default this machine's
+loopback names) are answered 400, so a web page whose domain is rebound to
+127.0.0.1 (DNS rebinding) cannot read the API or the videos. Files are
 named by their row in the index, never by a path from the request, and a
 listed file that now resolves outside the index's video folder (a swapped
 in symlink) is answered 404. Queries are bounded in length, ``k`` in
@@ -30,6 +33,7 @@ import math
 import re
 import threading
 import warnings
+from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -54,6 +58,8 @@ STRIP_HEIGHT = 72
 # Thumbnail strips decoded at once (more requests wait their turn).
 MAX_CONCURRENT_THUMBNAILS = 2
 _ROW = re.compile(r'[0-9]{1,12}')
+# The Host names a browser on this machine uses for a loopback server.
+LOOPBACK_HOSTS = ('127.0.0.1', 'localhost', '[::1]')
 
 SECURITY_HEADERS = {
     'X-Content-Type-Options': 'nosniff',
@@ -273,12 +279,15 @@ def create_app(index_path: str | Path, config: str | None = None,
                checkpoint: str | None = None, device: str = 'cpu',
                engine: str = 'exact', max_waiting: int = 8,
                rerank_config: str | None = None,
-               rerank_checkpoint: str | None = None, rerank_topk: int = 50):
+               rerank_checkpoint: str | None = None, rerank_topk: int = 50,
+               allowed_hosts: Sequence[str] = LOOPBACK_HOSTS):
     """The FastAPI app serving ``index_path`` (see the module docstring;
-    the arguments are :class:`VideoSearcher`'s); the model(s) and index are
+    ``allowed_hosts`` are the ``Host`` names it answers, ``'*'`` for any,
+    the others are :class:`VideoSearcher`'s); the model(s) and index are
     loaded here, once."""
     from fastapi import FastAPI, Request
     from fastapi.responses import FileResponse, JSONResponse, Response
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
 
     searcher = VideoSearcher(index_path, config, checkpoint, device, engine,
                              max_waiting, rerank_config, rerank_checkpoint,
@@ -288,6 +297,10 @@ def create_app(index_path: str | Path, config: str | None = None,
     app = FastAPI(title='mmclip4clip video search', docs_url=None,
                   redoc_url=None, openapi_url=None)
     app.state.searcher = searcher
+    # Added first, so that the security headers (added next, outermost) are
+    # on its refusals too.
+    app.add_middleware(TrustedHostMiddleware,
+                       allowed_hosts=list(allowed_hosts), www_redirect=False)
 
     @app.middleware('http')
     async def add_security_headers(request: Request, call_next):

@@ -90,7 +90,8 @@ def index_dir(workspace, model_cfg, checkpoint) -> Path:
 
 @pytest.fixture(scope='module')
 def client(index_dir):
-    with TestClient(create_app(index_dir)) as test_client:
+    with TestClient(create_app(index_dir),
+                    base_url='http://127.0.0.1') as test_client:
         yield test_client
 
 
@@ -146,7 +147,7 @@ def test_tight_rerank_equals_rerank_with_tight(workspace, model_cfg,
         index.meta['video_dir'], query)[:4]
     app = create_app(index_dir, rerank_config=str(tight_path),
                      rerank_checkpoint=str(ckpt), rerank_topk=6)
-    with TestClient(app) as rerank_client:
+    with TestClient(app, base_url='http://localhost') as rerank_client:
         response = rerank_client.get('/api/search', params=dict(q=query, k=4))
     assert response.status_code == 200, response.text
     results = response.json()['results']
@@ -169,7 +170,8 @@ def test_segments_and_captions_are_passed_through(index_dir, tmp_path):
     meta['videos'][1].update(start=1.5, end=0.5)
     segmented = tmp_path / 'segmented_index'
     save_index(segmented, index.embeddings, meta)
-    with TestClient(create_app(segmented)) as segment_client:
+    with TestClient(create_app(segmented),
+                    base_url='http://127.0.0.1:8000') as segment_client:
         results = segment_client.get(
             '/api/search', params=dict(q='a red square', k=MAX_K)).json()[
                 'results']
@@ -245,6 +247,30 @@ def test_hostile_file_name_is_plain_json_and_never_in_the_page(client):
             assert sink not in source
     assert '<script>' not in page.text  # no inline script: the CSP allows
     assert 'textContent' in script.text  # only /static/app.js
+
+
+def test_other_host_names_are_refused(client):
+    """A page whose domain is rebound to 127.0.0.1 sends its own Host: 400,
+    so it cannot read results or videos (DNS rebinding)."""
+    for url in ('/', '/api/search?q=a+red+square', '/video/0'):
+        response = client.get(url, headers={'Host': 'evil.example:8000'})
+        assert response.status_code == 400, url
+        assert response.headers['x-content-type-options'] == 'nosniff'
+    for host in ('localhost:8000', '127.0.0.1', '[::1]:8000'):
+        assert client.get('/', headers={'Host': host}).status_code == 200
+
+
+def test_tool_allowed_hosts(load_tool):
+    tool = load_tool('tools/search_server.py')
+    assert tool.allowed_hosts('127.0.0.1', []) == [
+        '127.0.0.1', 'localhost', '[::1]']
+    assert tool.allowed_hosts('0.0.0.0', []) == ['*']
+    assert tool.allowed_hosts('0.0.0.0', ['box.lan']) == [
+        '127.0.0.1', 'localhost', '[::1]', '0.0.0.0', 'box.lan']
+    assert tool.allowed_hosts('::1', []) == ['127.0.0.1', 'localhost',
+                                             '[::1]']
+    assert tool.allowed_hosts('192.168.1.5', []) == [
+        '127.0.0.1', 'localhost', '[::1]', '192.168.1.5']
 
 
 def test_security_headers_on_every_response(client):
