@@ -1,4 +1,5 @@
-"""Loopback load test of a running search server (tools/search_server.py).
+"""Loopback load test of a running search server (tools/search_server.py;
+needs httpx, which the tests extra installs).
 
     python tools/analysis_tools/load_test_search_server.py \\
         [--url http://127.0.0.1:8000] [--clients 8] [--seconds 10] [--k 10] \\
