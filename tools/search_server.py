@@ -70,19 +70,21 @@ def allowed_hosts(host: str, extra: list[str]) -> list[str]:
 def main() -> int:
     args = parse_args()
     try:
+        import fastapi  # noqa: F401  (create_app imports it when called)
         import uvicorn
 
         from mmclip4clip.apis.web import create_app
+    except ImportError as err:
+        print(f'error: {err}; the server needs pip install -e ".[web]"',
+              file=sys.stderr)
+        return 1
+    try:
         app = create_app(args.index, args.config, args.checkpoint,
                          args.device, args.engine, args.max_waiting,
                          args.rerank_config, args.rerank_checkpoint,
                          args.rerank_topk,
                          allowed_hosts(args.host, args.allowed_host))
-    except ImportError as err:
-        print(f'error: {err}; the server needs pip install -e ".[web]"',
-              file=sys.stderr)
-        return 1
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, ImportError) as err:
         print('error: ' + ' '.join(str(err).splitlines()), file=sys.stderr)
         return 1
     uvicorn.run(app, host=args.host, port=args.port, log_level='info')

@@ -29,6 +29,7 @@ only this server's own script, style, images and media.
 from __future__ import annotations
 
 import io
+import logging
 import math
 import re
 import threading
@@ -42,12 +43,15 @@ from mmengine.config import Config
 
 from .encode import QueryWarning
 from .index import (
+    faiss_graph,
     load_index,
     model_fingerprint,
     rerank_with_tight,
     search_index,
 )
 from .inference import init_retriever
+
+logger = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 500
 MAX_K = 100
@@ -113,6 +117,8 @@ class VideoSearcher:
                              'together')
         if rerank_topk < 1:
             raise ValueError(f'rerank_topk must be >= 1, not {rerank_topk}')
+        if engine not in ('exact', 'faiss'):
+            raise ValueError(f'unknown engine {engine!r}: exact or faiss')
         self.index_path = Path(index_path)
         self.index = load_index(self.index_path)
         config = config or self.index.meta['config']
@@ -131,6 +137,10 @@ class VideoSearcher:
                                               device=device)
         self.rerank_topk = rerank_topk
         self.engine = engine
+        if engine == 'faiss':
+            # Built (or read from its cache) now: a missing faiss-cpu fails
+            # at start, not at every query.
+            faiss_graph(self.index, self.index_path)
         self.video_dir = Path(self.index.meta['video_dir']).resolve()
         self.row_of = {v['path']: i for i, v in enumerate(self.index.videos)}
         # One encode at a time; the admission semaphore bounds how many
@@ -331,6 +341,10 @@ def create_app(index_path: str | Path, config: str | None = None,
             return JSONResponse(searcher.search(q, int(k)))
         except SearchRefused as err:
             return JSONResponse(dict(error=err.message), err.status)
+        except Exception as err:  # the page shows why, the log the trace
+            logger.exception('search for %r failed', q)
+            return JSONResponse(dict(error=f'the search failed: '
+                                     f'{type(err).__name__}: {err}'), 500)
 
     @app.get('/api/thumb/{row}')
     def api_thumb(row: str) -> Response:

@@ -185,6 +185,25 @@ def test_segments_and_captions_are_passed_through(index_dir, tmp_path):
                 0.5, 1.5, '<b>x</b> & y')
 
 
+def test_faiss_engine_equals_search_index(model_cfg, index_dir, tmp_path):
+    pytest.importorskip('faiss')
+    model, cfg = model_cfg
+    copied = tmp_path / 'faiss_index'
+    shutil.copytree(index_dir, copied)
+    app = create_app(copied, engine='faiss')
+    assert list(copied.glob('faiss-*.index'))  # built at start
+    expected = search_index(model, cfg, load_index(copied), 'a red square',
+                            5, 'faiss', copied)
+    with TestClient(app, base_url='http://127.0.0.1') as faiss_client:
+        results = faiss_client.get(
+            '/api/search', params=dict(q='a red square', k=5)).json()[
+                'results']
+    assert [(r['path'], r['score']) for r in results] == [
+        (h['path'], h['score']) for h in expected]
+    with pytest.raises(ValueError, match='unknown engine'):
+        create_app(copied, engine='annoy')
+
+
 def test_unknown_words_come_back_as_warnings(client):
     data = client.get('/api/search',
                       params=dict(q='a red zebra moves left')).json()
@@ -209,6 +228,17 @@ def test_refused_queries_say_why(client, params, status, message):
     response = client.get('/api/search', params=params)
     assert response.status_code == status
     assert message in response.json()['error']
+
+
+def test_unexpected_failure_is_json_500(client, monkeypatch):
+    def broken(query, k):
+        raise RuntimeError('out of memory')
+
+    monkeypatch.setattr(client.app.state.searcher, '_ranking', broken)
+    response = client.get('/api/search', params=dict(q='a red square'))
+    assert response.status_code == 500
+    assert response.json()['error'] == \
+        'the search failed: RuntimeError: out of memory'
 
 
 def test_busy_server_answers_503(client):
