@@ -12,6 +12,8 @@ setup(
     long_description=open('README.md').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['mmclip4clip', 'mmclip4clip.*']),
+    # The search page's HTML, script and style (tools/search_server.py).
+    package_data={'mmclip4clip.apis': ['web_static/*']},
     python_requires='>=3.11',
     install_requires=[
         'torch>=2.6',
@@ -33,6 +35,10 @@ setup(
     extras_require={
         # Approximate search for large video indexes (tools/search.py).
         'search': ['faiss-cpu'],
-        'tests': ['faiss-cpu', 'pytest', 'scikit-video', 'ruff'],
+        # The search page (tools/search_server.py): FastAPI for the routes,
+        # uvicorn to serve them.
+        'web': ['fastapi', 'uvicorn'],
+        'tests': ['faiss-cpu', 'pytest', 'scikit-video', 'ruff', 'fastapi',
+                  'uvicorn', 'httpx'],
     },
 )

@@ -1,0 +1,422 @@
+"""The search page's server (mmclip4clip.apis.web, tools/search_server.py)
+on a small index of synthetic clips with a fixed untrained model: its JSON
+equals search_index's ranking exactly, it serves only the files the index
+lists (by row), never puts data into HTML, and refuses oversized queries."""
+import copy
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import Config
+
+pytest.importorskip('fastapi')
+pytest.importorskip('httpx')
+
+from fastapi.testclient import TestClient  # noqa: E402
+from helpers import free_port  # noqa: E402
+
+from mmclip4clip.apis import (  # noqa: E402
+    init_retriever,
+    load_index,
+    rerank_with_tight,
+    search_index,
+    update_index,
+)
+from mmclip4clip.apis.index import save_index  # noqa: E402
+from mmclip4clip.apis.web import (  # noqa: E402
+    MAX_K,
+    MAX_QUERY_CHARS,
+    STRIP_FRAMES,
+    STRIP_HEIGHT,
+    create_app,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / ('configs/retrieval/clip4clip/'
+                 'clip4clip_tiny-p4-res32-scratch_1xb32-u8-30e_synthetic-rgb.py')
+EVIL_NAME = '<img src=x onerror=alert(1)>.mp4'
+NUM_CLIPS = 12  # plain synthetic clips, plus one under EVIL_NAME
+
+
+@pytest.fixture(scope='module')
+def workspace(make_workspace):
+    """A workspace the module runs in (the config's tokenizer path is
+    relative to it)."""
+    root = make_workspace('web_ws')
+    cwd = os.getcwd()
+    os.chdir(root)
+    yield root
+    os.chdir(cwd)
+
+
+@pytest.fixture(scope='module')
+def checkpoint(workspace) -> Path:
+    """The synthetic config's model with weights drawn from seed 0."""
+    torch.manual_seed(0)
+    model = init_retriever(Config.fromfile(str(CONFIG)))
+    path = workspace / 'fixed_model.pth'
+    torch.save(dict(meta=dict(seed=0), state_dict=model.state_dict()), path)
+    return path
+
+
+@pytest.fixture(scope='module')
+def model_cfg(checkpoint):
+    cfg = Config.fromfile(str(CONFIG))
+    return init_retriever(cfg, checkpoint), cfg
+
+
+@pytest.fixture(scope='module')
+def index_dir(workspace, model_cfg, checkpoint) -> Path:
+    """An index of NUM_CLIPS test clips and one more named EVIL_NAME."""
+    model, cfg = model_cfg
+    videos = workspace / 'videos'
+    videos.mkdir()
+    clips = sorted((workspace / 'data/synthetic/videos/test').glob('*.mp4'))
+    for clip in clips[:NUM_CLIPS]:
+        shutil.copy(clip, videos / clip.name)
+    shutil.copy(clips[NUM_CLIPS], videos / EVIL_NAME)
+    index = workspace / 'index'
+    counts = update_index(model, cfg, videos, index, CONFIG, checkpoint)
+    assert counts['added'] == NUM_CLIPS + 1 and counts['skipped'] == []
+    return index
+
+
+@pytest.fixture(scope='module')
+def client(index_dir):
+    with TestClient(create_app(index_dir),
+                    base_url='http://127.0.0.1') as test_client:
+        yield test_client
+
+
+def captions(workspace: Path) -> list[str]:
+    ann = json.loads(
+        (workspace / 'data/synthetic/annotations/test.json').read_text())
+    return [c for rec in ann for c in rec['captions']][::15]  # 12
+
+
+def test_search_json_is_search_index_ranking(workspace, model_cfg,
+                                             index_dir, client):
+    """Same videos, same order, same scores (bit for bit) as search_index
+    with a separately loaded model; rows point at the listed videos."""
+    model, cfg = model_cfg
+    index = load_index(index_dir)
+    for caption in captions(workspace):
+        expected = search_index(model, cfg, index, caption, 5)
+        response = client.get('/api/search', params=dict(q=caption, k=5))
+        assert response.status_code == 200, response.text
+        data = response.json()
+        assert data['query'] == caption and data['k'] == 5
+        results = data['results']
+        assert [(r['path'], r['score']) for r in results] == [
+            (h['path'], h['score']) for h in expected]
+        assert [r['rank'] for r in results] == [1, 2, 3, 4, 5]
+        for r in results:
+            assert index.videos[r['id']]['path'] == r['path']
+            assert r['duration'] == index.videos[r['id']]['duration']
+    everything = client.get('/api/search', params=dict(q=caption, k=MAX_K))
+    assert len(everything.json()['results']) == NUM_CLIPS + 1
+
+
+def test_tight_rerank_equals_rerank_with_tight(workspace, model_cfg,
+                                              index_dir, tmp_path):
+    """With a tightTransf model: the loose top max(rerank_topk, k)
+    re-ordered by its logits, exactly as rerank_with_tight orders them."""
+    model, cfg = model_cfg
+    tight_cfg = Config.fromfile(str(CONFIG))
+    tight_cfg.model.head = dict(type='TightTransfHead', embed_dim=64,
+                                num_layers=1, num_heads=2, max_positions=32)
+    torch.manual_seed(0)
+    tight = init_retriever(tight_cfg)
+    with torch.no_grad():  # a random head far from uniform attention
+        tight.head.position_embeddings.weight.normal_()
+    ckpt = tmp_path / 'tight.pth'
+    torch.save(dict(state_dict=tight.state_dict()), ckpt)
+    tight_path = tmp_path / 'tight_config.py'
+    tight_cfg.dump(str(tight_path))
+    query = 'a red square moves left along the top'
+    index = load_index(index_dir)
+    expected = rerank_with_tight(
+        search_index(model, cfg, index, query, 6), tight, tight_cfg,
+        index.meta['video_dir'], query)[:4]
+    app = create_app(index_dir, rerank_config=str(tight_path),
+                     rerank_checkpoint=str(ckpt), rerank_topk=6)
+    with TestClient(app, base_url='http://localhost') as rerank_client:
+        response = rerank_client.get('/api/search', params=dict(q=query, k=4))
+    assert response.status_code == 200, response.text
+    results = response.json()['results']
+    assert [(r['path'], r['score'], r['tight_score']) for r in results] == [
+        (h['path'], h['score'], h['tight_score']) for h in expected]
+    assert [r['tight_score'] for r in results] == sorted(
+        (r['tight_score'] for r in results), reverse=True)
+    with pytest.raises(ValueError, match='go together'):
+        create_app(index_dir, rerank_config=str(tight_path))
+
+
+def test_segments_and_captions_are_passed_through(index_dir, tmp_path):
+    """An index record with a segment and a caption: the result carries
+    them (the page plays from ``start``); malformed ones are left out."""
+    index = load_index(index_dir)
+    meta = copy.deepcopy(index.meta)
+    for video in meta['videos']:
+        video.update(start=0.5, end=1.5, caption='<b>x</b> & y')
+    meta['videos'][0].update(start='0', end=True, caption=7)
+    meta['videos'][1].update(start=1.5, end=0.5)
+    segmented = tmp_path / 'segmented_index'
+    save_index(segmented, index.embeddings, meta)
+    with TestClient(create_app(segmented),
+                    base_url='http://127.0.0.1:8000') as segment_client:
+        results = segment_client.get(
+            '/api/search', params=dict(q='a red square', k=MAX_K)).json()[
+                'results']
+    for result in results:
+        if result['id'] == 0:
+            assert not {'start', 'end', 'caption'} & set(result)
+        elif result['id'] == 1:
+            assert 'start' not in result and 'end' not in result
+        else:
+            assert (result['start'], result['end'], result['caption']) == (
+                0.5, 1.5, '<b>x</b> & y')
+
+
+def test_faiss_engine_equals_search_index(model_cfg, index_dir, tmp_path):
+    pytest.importorskip('faiss')
+    model, cfg = model_cfg
+    copied = tmp_path / 'faiss_index'
+    shutil.copytree(index_dir, copied)
+    app = create_app(copied, engine='faiss')
+    assert list(copied.glob('faiss-*.index'))  # built at start
+    expected = search_index(model, cfg, load_index(copied), 'a red square',
+                            5, 'faiss', copied)
+    with TestClient(app, base_url='http://127.0.0.1') as faiss_client:
+        results = faiss_client.get(
+            '/api/search', params=dict(q='a red square', k=5)).json()[
+                'results']
+    assert [(r['path'], r['score']) for r in results] == [
+        (h['path'], h['score']) for h in expected]
+    with pytest.raises(ValueError, match='unknown engine'):
+        create_app(copied, engine='annoy')
+
+
+def test_unknown_words_come_back_as_warnings(client):
+    data = client.get('/api/search',
+                      params=dict(q='a red zebra moves left')).json()
+    assert len(data['results']) == 10
+    assert len(data['warnings']) == 1 and "'zebra'" in data['warnings'][0]
+
+
+@pytest.mark.parametrize('params, status, message', [
+    (dict(q=''), 400, 'the query is empty'),
+    (dict(q='   '), 400, 'the query is empty'),
+    (dict(q='zebra giraffe'), 400, 'the tokenizer knows none of the words'),
+    (dict(q='a ' * MAX_QUERY_CHARS), 400,
+     f'at most {MAX_QUERY_CHARS} are accepted'),
+    (dict(q='a red square', k=0), 400, f'k must be between 1 and {MAX_K}'),
+    (dict(q='a red square', k=MAX_K + 1), 400,
+     f'k must be between 1 and {MAX_K}'),
+    (dict(q='a red square', k=-3), 400, f'k must be between 1 and {MAX_K}'),
+    (dict(q='a red square', k='ten'), 400, 'k must be an integer'),
+    (dict(q='a red square', k='9' * 40), 400, 'k must be an integer'),
+])
+def test_refused_queries_say_why(client, params, status, message):
+    response = client.get('/api/search', params=params)
+    assert response.status_code == status
+    assert message in response.json()['error']
+
+
+def test_unexpected_failure_is_json_500(client, monkeypatch):
+    def broken(query, k):
+        raise RuntimeError('out of memory')
+
+    monkeypatch.setattr(client.app.state.searcher, '_ranking', broken)
+    response = client.get('/api/search', params=dict(q='a red square'))
+    assert response.status_code == 500
+    assert response.json()['error'] == \
+        'the search failed: RuntimeError: out of memory'
+
+
+def test_busy_server_answers_503(client):
+    """Once every admission slot is taken (queries waiting for the encode),
+    the next query is refused at once, saying why."""
+    admitted = client.app.state.searcher._admitted
+    taken = 0
+    while admitted.acquire(blocking=False):
+        taken += 1
+    try:
+        assert taken == 9  # one encoding + max_waiting (8) waiting
+        response = client.get('/api/search', params=dict(q='a red square'))
+        assert response.status_code == 503
+        assert 'busy' in response.json()['error']
+    finally:
+        for _ in range(taken):
+            admitted.release()
+    assert client.get('/api/search',
+                      params=dict(q='a red square')).status_code == 200
+
+
+def test_hostile_file_name_is_plain_json_and_never_in_the_page(client):
+    data = client.get('/api/search',
+                      params=dict(q='a red square', k=MAX_K)).json()
+    assert EVIL_NAME in [r['path'] for r in data['results']]
+    page = client.get('/')
+    assert page.status_code == 200
+    assert page.headers['content-type'].startswith('text/html')
+    script = client.get('/static/app.js')
+    assert script.status_code == 200
+    assert client.get('/static/app.css').status_code == 200
+    for source in (page.text, script.text):
+        assert 'onerror' not in source and '<img src=x' not in source
+        for sink in ('innerHTML', 'outerHTML', 'insertAdjacentHTML',
+                     'document.write', 'eval('):
+            assert sink not in source
+    assert '<script>' not in page.text  # no inline script: the CSP allows
+    assert 'textContent' in script.text  # only /static/app.js
+
+
+def test_other_host_names_are_refused(client):
+    """A page whose domain is rebound to 127.0.0.1 sends its own Host: 400,
+    so it cannot read results or videos (DNS rebinding)."""
+    for url in ('/', '/api/search?q=a+red+square', '/video/0'):
+        response = client.get(url, headers={'Host': 'evil.example:8000'})
+        assert response.status_code == 400, url
+        assert response.headers['x-content-type-options'] == 'nosniff'
+    for host in ('localhost:8000', '127.0.0.1', '[::1]:8000'):
+        assert client.get('/', headers={'Host': host}).status_code == 200
+
+
+def test_tool_allowed_hosts(load_tool):
+    tool = load_tool('tools/search_server.py')
+    assert tool.allowed_hosts('127.0.0.1', []) == [
+        '127.0.0.1', 'localhost', '[::1]']
+    assert tool.allowed_hosts('0.0.0.0', []) == ['*']
+    assert tool.allowed_hosts('0.0.0.0', ['box.lan']) == [
+        '127.0.0.1', 'localhost', '[::1]', '0.0.0.0', 'box.lan']
+    assert tool.allowed_hosts('::1', []) == ['127.0.0.1', 'localhost',
+                                             '[::1]']
+    assert tool.allowed_hosts('192.168.1.5', []) == [
+        '127.0.0.1', 'localhost', '[::1]', '192.168.1.5']
+
+
+def test_security_headers_on_every_response(client):
+    for path in ('/', '/static/app.js', '/api/search?q=', '/video/0',
+                 '/video/999999', '/nowhere'):
+        headers = client.get(path).headers
+        assert headers['x-content-type-options'] == 'nosniff', path
+        csp = headers['content-security-policy']
+        assert "script-src 'self'" in csp and "default-src 'none'" in csp
+
+
+def test_video_is_served_by_row_with_byte_ranges(index_dir, client):
+    index = load_index(index_dir)
+    for row in (0, index.videos.index(next(
+            v for v in index.videos if v['path'] == EVIL_NAME))):
+        path = Path(index.meta['video_dir']) / index.videos[row]['path']
+        data = path.read_bytes()
+        whole = client.get(f'/video/{row}')
+        assert whole.status_code == 200 and whole.content == data
+        assert whole.headers['accept-ranges'] == 'bytes'
+        part = client.get(f'/video/{row}', headers={'Range': 'bytes=0-99'})
+        assert part.status_code == 206
+        assert part.content == data[:100]
+        assert part.headers['content-range'] == f'bytes 0-99/{len(data)}'
+        tail = client.get(f'/video/{row}', headers={'Range': 'bytes=-10'})
+        assert tail.status_code == 206 and tail.content == data[-10:]
+
+
+@pytest.mark.parametrize('url', [
+    '/video/../../etc/passwd', '/video/..%2F..%2Fetc%2Fpasswd',
+    '/video/%2e%2e', '/video/-1', '/video/999999', '/video/1.0',
+    '/video/0x1', '/video/', '/video/%00', '/video/%C2%B9',
+    '/video/' + '1' * 40, '/api/thumb/-1', '/api/thumb/999999',
+    '/api/thumb/..%2Findex.json', '/static/../index.json',
+    '/static/app.js/../../web.py', '/index.json',
+])
+def test_anything_but_a_listed_row_is_404(client, url):
+    assert client.get(url).status_code == 404
+
+
+def test_symlink_swapped_in_outside_the_folder_is_404(index_dir, client,
+                                                      tmp_path):
+    """A listed file replaced by a symlink to a file outside the video
+    folder is refused; one to a file inside it is served."""
+    index = load_index(index_dir)
+    video_dir = Path(index.meta['video_dir'])
+    listed = video_dir / index.videos[1]['path']
+    original = tmp_path / 'original.mp4'
+    shutil.move(listed, original)
+    secret = tmp_path / 'secret.txt'
+    secret.write_text('not for the browser')
+    try:
+        listed.symlink_to(secret)
+        assert client.get('/video/1').status_code == 404
+        assert client.get('/api/thumb/1').status_code == 404
+        listed.unlink()
+        listed.symlink_to(video_dir / index.videos[0]['path'])
+        assert client.get('/video/1').content == \
+            (video_dir / index.videos[0]['path']).read_bytes()
+        listed.unlink()
+        assert client.get('/video/1').status_code == 404  # gone
+    finally:
+        if listed.is_symlink():
+            listed.unlink()
+        shutil.move(original, listed)
+    assert client.get('/video/1').status_code == 200
+
+
+def test_thumbnail_is_a_strip_of_frames(client):
+    from PIL import Image
+
+    response = client.get('/api/thumb/0')
+    assert response.status_code == 200
+    assert response.headers['content-type'] == 'image/jpeg'
+    image = Image.open(io.BytesIO(response.content))
+    # The synthetic clips are square.
+    assert image.size == (STRIP_FRAMES * STRIP_HEIGHT, STRIP_HEIGHT)
+
+
+def test_server_tool_answers_over_http(workspace, index_dir):
+    """tools/search_server.py on a free port: /api/search over real HTTP,
+    then terminated."""
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / 'tools/search_server.py'),
+         str(index_dir), '--port', str(port)],
+        cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            try:
+                response = httpx.get(
+                    f'http://127.0.0.1:{port}/api/search',
+                    params=dict(q='a red square', k=3), timeout=30)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, 'server did not start'
+                time.sleep(0.5)
+        assert response.status_code == 200
+        results = response.json()['results']
+        assert [r['rank'] for r in results] == [1, 2, 3]
+        assert response.headers['x-content-type-options'] == 'nosniff'
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_server_tool_refuses_a_missing_index(workspace, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / 'tools/search_server.py'),
+         str(tmp_path / 'nothing'), '--port', str(free_port())],
+        cwd=workspace, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: ') and 'no index.json' in last

@@ -1,0 +1,95 @@
+"""Search a video index in a browser.
+
+    python tools/search_server.py INDEX [--host 127.0.0.1] [--port 8000]
+        [--config CONFIG] [--checkpoint CKPT] [--device cpu]
+        [--engine {exact,faiss}] [--max-waiting 8]
+        [--rerank-config TIGHT_CONFIG --rerank-checkpoint CKPT --rerank-topk 50]
+
+Serves a search page at http://HOST:PORT/ and its JSON API at
+/api/search?q=...&k=... (the app is ``mmclip4clip.apis.web.create_app``,
+which describes the routes and what it refuses). Needs the ``web`` extra:
+``pip install -e ".[web]"``. It listens on 127.0.0.1 (this machine only)
+unless --host says otherwise. With a tightTransf model the loose top
+--rerank-topk hits of each query are re-ordered by its pair logits, as
+tools/search.py does. A malformed index, config or checkpoint ends
+with a one-line error and exit status 1 before anything listens.
+"""
+import argparse
+import sys
+
+from mmclip4clip.utils.cli import at_least
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='Serve a search page for a video index')
+    parser.add_argument('index', help='index directory')
+    parser.add_argument('--host', default='127.0.0.1',
+                        help='address to listen on (default: this machine '
+                        'only; 0.0.0.0 exposes the index\'s videos to the '
+                        'network)')
+    parser.add_argument('--port', type=at_least(1), default=8000)
+    parser.add_argument('--allowed-host', action='append', default=[],
+                        metavar='NAME',
+                        help='a Host name clients use to reach the server '
+                        '(repeatable); default: the loopback names and '
+                        '--host, or any name when --host is a wildcard '
+                        'address')
+    parser.add_argument('--config', help='default: the index\'s config')
+    parser.add_argument('--checkpoint',
+                        help='default: the index\'s checkpoint')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--engine', choices=('exact', 'faiss'),
+                        default='exact')
+    parser.add_argument('--max-waiting', type=at_least(0), default=8,
+                        help='queries that may wait while one is encoded; '
+                        'more are answered 503')
+    parser.add_argument('--rerank-config',
+                        help='a tightTransf config: re-rank the top '
+                        '--rerank-topk loose hits with its pair logits')
+    parser.add_argument('--rerank-checkpoint', help='its checkpoint')
+    parser.add_argument('--rerank-topk', type=at_least(1), default=50,
+                        help='size of the loose shortlist to re-rank')
+    args = parser.parse_args()
+    if (args.rerank_config is None) != (args.rerank_checkpoint is None):
+        parser.error('--rerank-config and --rerank-checkpoint go together')
+    return args
+
+
+def allowed_hosts(host: str, extra: list[str]) -> list[str]:
+    """The Host names to answer: loopback's, ``host`` and ``extra``; any
+    (``*``) for a wildcard ``host`` unless ``extra`` names them."""
+    from mmclip4clip.apis.web import LOOPBACK_HOSTS
+
+    if host in ('0.0.0.0', '::', '') and not extra:
+        return ['*']
+    named = f'[{host}]' if ':' in host else host
+    return list(dict.fromkeys([*LOOPBACK_HOSTS, named, *extra]))
+
+
+def main() -> int:
+    args = parse_args()
+    try:
+        import fastapi  # noqa: F401  (create_app imports it when called)
+        import uvicorn
+
+        from mmclip4clip.apis.web import create_app
+    except ImportError as err:
+        print(f'error: {err}; the server needs pip install -e ".[web]"',
+              file=sys.stderr)
+        return 1
+    try:
+        app = create_app(args.index, args.config, args.checkpoint,
+                         args.device, args.engine, args.max_waiting,
+                         args.rerank_config, args.rerank_checkpoint,
+                         args.rerank_topk,
+                         allowed_hosts(args.host, args.allowed_host))
+    except (ValueError, OSError, ImportError) as err:
+        print('error: ' + ' '.join(str(err).splitlines()), file=sys.stderr)
+        return 1
+    uvicorn.run(app, host=args.host, port=args.port, log_level='info')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
