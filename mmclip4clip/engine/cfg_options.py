@@ -30,7 +30,6 @@ from mmengine.hooks import Hook
 from mmengine.registry import DefaultScope, Registry
 from mmengine.runner import Runner
 from torch.utils.data import DataLoader
-from transformers import PretrainedConfig
 
 from mmclip4clip import registry as our_registries
 
@@ -104,6 +103,10 @@ def accepted_arguments(obj) -> Accepted:
     """The keyword arguments a class or function accepts (see the module
     docstring for ``**kwargs``, ``kwargs_targets`` and ``transformers``
     configs)."""
+    # Imported here, not at the top: importing mmclip4clip stays free of
+    # transformers until a CLIP or a --cfg-options check needs it.
+    from transformers import PretrainedConfig
+
     if inspect.isclass(obj) and issubclass(obj, PretrainedConfig):
         nested = getattr(obj, 'sub_configs', None) or {}
         return Accepted(_name(obj), {

@@ -7,8 +7,7 @@ import stat
 import numpy as np
 import pytest
 import torch
-import torch.distributed as torch_dist
-import torch.multiprocessing as mp
+from helpers import run_gloo
 
 from mmclip4clip.evaluation.functional import (
     dual_softmax,
@@ -419,57 +418,53 @@ def padded_shard(size: int, rank: int, world: int) -> list[int]:
     return indices[rank:total:world]
 
 
-def _distributed_worker(rank: int, init_file: str, out_dir: str) -> None:
-    torch_dist.init_process_group(
-        'gloo', init_method=f'file://{init_file}', rank=rank, world_size=2)
-    try:
-        index = uneven_shuffled_index(8, seed=3)
-        result = make_result(tied_scores(len(index), 8, seed=3), index)
-        outputs = {}
-        # Same full result on every rank.
-        metric = RetrievalMetric(prefix='x')
+def _distributed_worker(rank: int, world_size: int, out_dir: str) -> None:
+    """One of :func:`helpers.run_gloo`'s 2 processes: the metrics each
+    sharding gives, pickled to ``out_dir/rank{rank}.pkl``."""
+    index = uneven_shuffled_index(8, seed=3)
+    result = make_result(tied_scores(len(index), 8, seed=3), index)
+    outputs = {}
+    # Same full result on every rank.
+    metric = RetrievalMetric(prefix='x')
+    metric.process(None, [result])
+    outputs['every_rank'] = metric.evaluate(size=len(index))
+    # Result only on rank 0.
+    metric = RetrievalMetric(prefix='x')
+    if rank == 0:
         metric.process(None, [result])
-        outputs['every_rank'] = metric.evaluate(size=len(index))
-        # Result only on rank 0.
+    outputs['rank0_only'] = metric.evaluate(size=len(index))
+    # No result on rank 0: every rank raises instead of hanging.
+    metric = RetrievalMetric(prefix='x')
+    if rank == 1:
+        metric.process(None, [result])
+    try:
+        metric.evaluate(size=len(index))
+        outputs['error'] = None
+    except (ValueError, RuntimeError) as err:
+        outputs['error'] = str(err)
+    # Data samples, sharded as DefaultSampler does (rank::2, the last
+    # shard padded with sample 0), with and without sample_idx.
+    for name, with_idx in (('samples', True), ('samples_no_idx', False)):
         metric = RetrievalMetric(prefix='x')
-        if rank == 0:
-            metric.process(None, [result])
-        outputs['rank0_only'] = metric.evaluate(size=len(index))
-        # No result on rank 0: every rank raises instead of hanging.
-        metric = RetrievalMetric(prefix='x')
-        if rank == 1:
-            metric.process(None, [result])
-        try:
-            metric.evaluate(size=len(index))
-            outputs['error'] = None
-        except (ValueError, RuntimeError) as err:
-            outputs['error'] = str(err)
-        # Data samples, sharded as DefaultSampler does (rank::2, the last
-        # shard padded with sample 0), with and without sample_idx.
-        for name, with_idx in (('samples', True), ('samples_no_idx', False)):
-            metric = RetrievalMetric(prefix='x')
-            metric.process(None, [
-                per_video_sample(i, with_idx)
-                for i in padded_shard(NUM_SAMPLES, rank, 2)])
-            outputs[name] = metric.evaluate(size=NUM_SAMPLES)
-        # A full result on one rank, data samples on the other.
-        metric = RetrievalMetric()
-        metric.process(None, [result] if rank == 0 else
-                       [per_video_sample(rank, True)])
-        try:
-            metric.evaluate(size=len(index))
-            outputs['mixed'] = None
-        except ValueError as err:
-            outputs['mixed'] = str(err)
-        with open(f'{out_dir}/rank{rank}.pkl', 'wb') as f:
-            pickle.dump(outputs, f)
-    finally:
-        torch_dist.destroy_process_group()
+        metric.process(None, [
+            per_video_sample(i, with_idx)
+            for i in padded_shard(NUM_SAMPLES, rank, world_size)])
+        outputs[name] = metric.evaluate(size=NUM_SAMPLES)
+    # A full result on one rank, data samples on the other.
+    metric = RetrievalMetric()
+    metric.process(None, [result] if rank == 0 else
+                   [per_video_sample(rank, True)])
+    try:
+        metric.evaluate(size=len(index))
+        outputs['mixed'] = None
+    except ValueError as err:
+        outputs['mixed'] = str(err)
+    with open(f'{out_dir}/rank{rank}.pkl', 'wb') as f:
+        pickle.dump(outputs, f)
 
 
 def test_two_processes_return_the_single_process_metrics_on_every_rank(tmp_path):
-    mp.spawn(_distributed_worker, args=(str(tmp_path / 'init'), str(tmp_path)),
-             nprocs=2, join=True)
+    run_gloo(_distributed_worker, str(tmp_path), world_size=2)
     index = uneven_shuffled_index(8, seed=3)
     expected = run_metric(make_result(tied_scores(len(index), 8, seed=3), index),
                           prefix='x')

@@ -746,8 +746,20 @@ def run_convert_tool(src: Path, out: Path,
     ], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
 
 
+def convert_in_process(load_tool, monkeypatch, src: Path, out: Path,
+                       *args: str) -> None:
+    """``tools/convert_checkpoint.py SRC OUT ARGS`` on the tiny base config,
+    as its main() in this process (the end-to-end test below runs the tool
+    as a user does); a refusal raises SystemExit with the tool's message."""
+    tool = load_tool('tools/convert_checkpoint.py')
+    monkeypatch.setattr(sys, 'argv', [
+        'convert_checkpoint.py', str(src), str(out), *args,
+        '--base-config', str(BASE_CONFIG)])
+    tool.main()
+
+
 def test_convert_tool_reads_openai_archive_without_its_code(
-        clip_sd, openai_archive, tmp_path):
+        clip_sd, openai_archive, tmp_path, load_tool, monkeypatch):
     """Read as data, the archive converts exactly as through torch.jit.load
     (the --allow-pickle path, as before); an archive whose __setstate__
     runs at load is refused with nothing run and nothing written."""
@@ -756,8 +768,8 @@ def test_convert_tool_reads_openai_archive_without_its_code(
     outputs = {}
     for name, extra in [('safe', ()), ('jit', ('--allow-pickle', ))]:
         out = tmp_path / name
-        proc = run_convert_tool(openai_archive, out, *args, *extra)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        convert_in_process(load_tool, monkeypatch, openai_archive, out,
+                           *args, *extra)
         ckpt = torch.load(out / 'model.pth', map_location='cpu',
                           weights_only=True)
         outputs[name] = (ckpt['state_dict'], (out / 'config.py').read_text())
@@ -771,10 +783,13 @@ def test_convert_tool_reads_openai_archive_without_its_code(
     marker = tmp_path / 'code_ran'
     loud = tmp_path / 'ViT-loud.pt'
     ref.save_openai_torchscript(clip_sd, str(loud), load_marker=str(marker))
-    proc = run_convert_tool(loud, tmp_path / 'loud', *args)
-    assert proc.returncode == 1
-    message = proc.stderr.strip().splitlines()[-1]
-    assert message.startswith(f'error: {loud} cannot be read'), proc.stderr
+    # sys.exit(message): a process prints the message and exits with 1.
+    with pytest.raises(SystemExit) as refused:
+        convert_in_process(load_tool, monkeypatch, loud, tmp_path / 'loud',
+                           *args)
+    message = refused.value.code
+    assert isinstance(message, str) and '\n' not in message, message
+    assert message.startswith(f'error: {loud} cannot be read'), message
     assert '__setstate__' in message and '--allow-pickle' in message
     assert not marker.exists()
     assert not (tmp_path / 'loud').exists()

@@ -3,15 +3,13 @@
 The distributed tests spawn two gloo processes once per module; every
 process writes its results to a file and the assertions run here.
 """
-import os
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from helpers import run_gloo
 from torch import nn
 
 from mmclip4clip.models.heads.loose import MeanPHead, masked_mean
@@ -255,51 +253,45 @@ def naive_gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def gather_worker(rank: int, world_size: int, port: int, out_dir: str):
-    os.environ['MASTER_ADDR'] = '127.0.0.1'
-    os.environ['MASTER_PORT'] = str(port)
-    dist.init_process_group('gloo', rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=60))
-    try:
-        results = {}
-        per_rank = GLOBAL_BATCH // world_size
-        local = slice(rank * per_rank, (rank + 1) * per_rank)
-        for name, gather in (('with_grad', all_gather_with_grad),
-                             ('naive', naive_gather)):
-            net, x_text, x_video = gather_problem()
-            loss, text_all = contrastive_loss(net, x_text[local],
-                                              x_video[local], gather)
-            loss.backward()
-            grads = {}
-            for pname, param in net.named_parameters():
-                grad = param.grad.clone()
-                dist.all_reduce(grad)  # DDP: sum, then divide by the world
-                grads[pname] = grad / world_size
-            results[name] = dict(loss=loss.detach(), grads=grads,
-                                 text_all=text_all.detach())
+def gather_worker(rank: int, world_size: int, out_dir: str):
+    """One process of :func:`helpers.run_gloo`: the losses, gradients and
+    gathered texts of both gathers, saved to ``out_dir/rank{rank}.pt``."""
+    results = {}
+    per_rank = GLOBAL_BATCH // world_size
+    local = slice(rank * per_rank, (rank + 1) * per_rank)
+    for name, gather in (('with_grad', all_gather_with_grad),
+                         ('naive', naive_gather)):
+        net, x_text, x_video = gather_problem()
+        loss, text_all = contrastive_loss(net, x_text[local],
+                                          x_video[local], gather)
+        loss.backward()
+        grads = {}
+        for pname, param in net.named_parameters():
+            grad = param.grad.clone()
+            dist.all_reduce(grad)  # DDP: sum, then divide by the world
+            grads[pname] = grad / world_size
+        results[name] = dict(loss=loss.detach(), grads=grads,
+                             text_all=text_all.detach())
 
-        # Upstream of the gather, a tensor whose gradient buffer autograd
-        # shares with the gathered output (AddBackward passes one tensor to
-        # both inputs): its gradient must not be touched by the gather.
-        torch.manual_seed(1)
-        x = torch.randn(per_rank, 3, dtype=torch.float64, requires_grad=True)
-        y = torch.randn(GLOBAL_BATCH, 3, dtype=torch.float64,
-                        requires_grad=True)
-        weight = torch.arange(GLOBAL_BATCH * 3, dtype=torch.float64)
-        summed = y * 1.0 + all_gather_with_grad(x)
-        (summed * weight.view(GLOBAL_BATCH, 3)).sum().backward()
-        results['shared'] = dict(y_grad=y.grad, x_grad=x.grad,
-                                 weight=weight.view(GLOBAL_BATCH, 3))
-        torch.save(results, Path(out_dir) / f'rank{rank}.pt')
-    finally:
-        dist.destroy_process_group()
+    # Upstream of the gather, a tensor whose gradient buffer autograd
+    # shares with the gathered output (AddBackward passes one tensor to
+    # both inputs): its gradient must not be touched by the gather.
+    torch.manual_seed(1)
+    x = torch.randn(per_rank, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(GLOBAL_BATCH, 3, dtype=torch.float64,
+                    requires_grad=True)
+    weight = torch.arange(GLOBAL_BATCH * 3, dtype=torch.float64)
+    summed = y * 1.0 + all_gather_with_grad(x)
+    (summed * weight.view(GLOBAL_BATCH, 3)).sum().backward()
+    results['shared'] = dict(y_grad=y.grad, x_grad=x.grad,
+                             weight=weight.view(GLOBAL_BATCH, 3))
+    torch.save(results, Path(out_dir) / f'rank{rank}.pt')
 
 
 @pytest.fixture(scope='module')
-def gather_results(tmp_path_factory, free_port) -> list[dict]:
+def gather_results(tmp_path_factory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp('gather')
-    mp.spawn(gather_worker, args=(WORLD_SIZE, free_port(), str(out_dir)),
-             nprocs=WORLD_SIZE, join=True)
+    run_gloo(gather_worker, str(out_dir), world_size=WORLD_SIZE)
     return [torch.load(out_dir / f'rank{r}.pt') for r in range(WORLD_SIZE)]
 
 

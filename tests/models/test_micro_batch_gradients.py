@@ -17,6 +17,7 @@ scale (a micro-batch missing, a loss scale applied twice, a DDP average
 left out) is off by a factor, far outside it.
 """
 import copy
+import functools
 import os
 from pathlib import Path
 from unittest import mock
@@ -167,6 +168,15 @@ def recorded_step(model: CLIP4Clip, data: dict,
                 next_random=torch.rand(4))
 
 
+@functools.lru_cache(maxsize=None)
+def plain_step(head: str, patch: str = '2d') -> dict:
+    """:func:`recorded_step` of the plain (not micro-batched) model on
+    :func:`make_data`, computed once per head and patch for the tests that
+    compare against it (it is deterministic: seeded build and step).
+    Callers only read it."""
+    return recorded_step(build_model(head, linear_patch=patch), make_data())
+
+
 def assert_grads_close(got: dict, expected: dict) -> None:
     assert got.keys() == expected.keys()
     scale = max(g.abs().max().item() for g in expected.values()
@@ -186,8 +196,7 @@ def assert_grads_close(got: dict, expected: dict) -> None:
     ('seqTransf', '2d', 3), ('tightTransf', '2d', 2), ('meanP', '3d', 2),
     ('tightTransf', '3d', 3)])
 def test_micro_batched_step_equals_one_pass(head, patch, micro):
-    expected = recorded_step(build_model(head, linear_patch=patch),
-                             make_data())
+    expected = plain_step(head, patch)
     got = recorded_step(build_model(head, micro, linear_patch=patch),
                         make_data())
     torch.testing.assert_close(got['loss'], expected['loss'], rtol=1e-12,
@@ -210,7 +219,7 @@ def test_micro_batched_step_equals_one_pass(head, patch, micro):
 
 def test_a_wrong_micro_batch_gradient_fails_the_check():
     """Negative control: the last micro-batch's surrogate dropped."""
-    expected = recorded_step(build_model('meanP'), make_data())
+    expected = plain_step('meanP')
     original = CLIP4Clip.cached_grad_surrogate
 
     def without_last(self, batch, text_grad, video_grad, param_grads):
@@ -231,7 +240,7 @@ def test_micro_batches_with_activation_checkpointing_equal_one_pass():
     micro-batches, each running the blocks of one plain step)."""
     from mmclip4clip.models import activation_checkpoint
 
-    expected = recorded_step(build_model('seqTransf'), make_data())
+    expected = plain_step('seqTransf')
     calls = []
     for micro in (None, 2):
         model = build_model('seqTransf', micro, dict(with_cp=True),
@@ -251,7 +260,7 @@ def test_micro_batches_with_activation_checkpointing_equal_one_pass():
 
 @pytest.mark.parametrize('micro', [5, 8])
 def test_micro_batch_not_smaller_than_the_batch_runs_the_plain_step(micro):
-    expected = recorded_step(build_model('meanP'), make_data())
+    expected = plain_step('meanP')
     with mock.patch.object(CLIP4Clip, 'cached_grad_surrogate',
                            side_effect=AssertionError('micro-batched')):
         got = recorded_step(build_model('meanP', micro), make_data())
@@ -327,7 +336,7 @@ def test_a_loss_scale_is_applied_once():
                              LossScalingOptimWrapper)
     got = recorded_step(build_model('tightTransf', 2), make_data(),
                         LossScalingOptimWrapper)
-    plain = recorded_step(build_model('tightTransf'), make_data())
+    plain = plain_step('tightTransf')
     assert_grads_close(expected['grads'], plain['grads'])
     assert_grads_close(got['grads'], expected['grads'])
 
@@ -551,7 +560,7 @@ def test_frames_are_preprocessed_one_micro_batch_at_a_time():
     """The float frames of the whole batch never exist at once: each call
     of the data preprocessor gets at most one micro-batch of videos."""
     model = build_model('meanP', 2)
-    expected = recorded_step(build_model('meanP'), make_data())
+    expected = plain_step('meanP')
     seen = []
     forward = model.data_preprocessor.forward
 

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import numpy as np
 from mmcv.transforms import BaseTransform
-from transformers import AutoTokenizer
 
 from mmclip4clip.registry import TRANSFORMS
 
 
 def load_tokenizer(path: str):
     """A ``transformers`` tokenizer from a directory or hub id."""
+    # Imported here: transformers takes a while to import and only a
+    # pipeline that tokenises needs it.
+    from transformers import AutoTokenizer
+
     try:
         return AutoTokenizer.from_pretrained(path)
     except OSError as err:

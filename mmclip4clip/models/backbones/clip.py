@@ -16,18 +16,19 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-import transformers
 from mmengine.model import BaseModule
 from torch import Tensor, nn
-from transformers import CLIPConfig, CLIPModel
-from transformers.activations import QuickGELUActivation
 
 from mmclip4clip.models.activation_checkpoint import checkpointed
 from mmclip4clip.models.one_query_attention import one_query_attention
 from mmclip4clip.models.quick_gelu import quick_gelu_mlp
 from mmclip4clip.registry import MODELS
+
+if TYPE_CHECKING:  # transformers is imported where a CLIP is built
+    from transformers import CLIPModel
 
 
 def build_clip(pretrained: str | None = None,
@@ -42,6 +43,8 @@ def build_clip(pretrained: str | None = None,
             (``text_config``, ``vision_config``, ``projection_dim``...), for
             a randomly initialised model. Used only without ``pretrained``.
     """
+    from transformers import CLIPConfig, CLIPModel
+
     if (pretrained is None) == (config is None):
         raise ValueError('CLIPBackbone needs exactly one of `pretrained` '
                          f'(got {pretrained!r}) and `config` (got {config!r})')
@@ -93,6 +96,8 @@ def load_clip(pretrained: str) -> CLIPModel:
     retrieval checkpoints leave out; it is then set to CLIP's initial value,
     ``config.logit_scale_init_value`` (ln(1 / 0.07)), with a warning.
     """
+    from transformers import CLIPModel
+
     if Path(pretrained).exists():
         check_clip_dir(Path(pretrained))
     try:
@@ -171,6 +176,8 @@ def check_clip_layout(clip: nn.Module) -> None:
                         for path in CLIP_LAYER_ATTRIBUTES
                         if not _has_path(layers[0], path)]
     if missing:
+        import transformers
+
         raise RuntimeError(
             f'transformers {transformers.__version__}: its CLIPModel lacks '
             f'{", ".join(missing)}, which mmclip4clip\'s CLIPBackbone reads '
@@ -205,6 +212,8 @@ def is_frozen(name: str, freeze_layer_num: int) -> bool:
 def clip_mlp(mlp: nn.Module, x: Tensor) -> Tensor:
     """A Hugging Face ``CLIPMLP``; QuickGELU ones with one fused activation
     (:func:`quick_gelu_mlp`)."""
+    from transformers.activations import QuickGELUActivation
+
     if isinstance(mlp.activation_fn, QuickGELUActivation):
         return quick_gelu_mlp(x, mlp.fc1, mlp.fc2)
     return mlp(x)
@@ -244,6 +253,16 @@ def one_token_layer(layer: nn.Module, h: Tensor, position: Tensor,
     return x + clip_mlp(layer.mlp, layer.layer_norm2(x))
 
 
+class _ClipConfigTarget:
+    """``CLIPBackbone.kwargs_targets``, ``{'config': CLIPConfig}``, built on
+    first read so that defining the class does not import transformers."""
+
+    def __get__(self, instance, owner) -> dict:
+        from transformers import CLIPConfig
+
+        return {'config': CLIPConfig}
+
+
 @MODELS.register_module()
 class CLIPBackbone(BaseModule):
     """CLIP's two towers, encoding captions and video frames.
@@ -272,7 +291,7 @@ class CLIPBackbone(BaseModule):
 
     # ``config`` is passed on as keyword arguments of CLIPConfig (read by the
     # --cfg-options checks, mmclip4clip.engine.cfg_options).
-    kwargs_targets = {'config': CLIPConfig}
+    kwargs_targets = _ClipConfigTarget()
 
     def __init__(self, pretrained: str | None = None,
                  config: dict | None = None, linear_patch: str = '2d',

@@ -38,12 +38,15 @@ import pickle
 import re
 import warnings
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from transformers import CLIPConfig, CLIPModel
 
 from .torchscript import is_torchscript_archive, read_torchscript_state_dict
+
+if TYPE_CHECKING:  # transformers is imported where a CLIP is built
+    from transformers import CLIPModel
 
 __all__ = [
     'load_openai_state_dict', 'openai_clip_config', 'openai_to_hf',
@@ -349,6 +352,8 @@ def clip_from_openai(sd: Mapping[str, Tensor],
     an error (non-persistent buffers such as ``position_ids`` aside). The
     model is returned in eval mode, as ``from_pretrained`` does.
     """
+    from transformers import CLIPConfig, CLIPModel
+
     model = CLIPModel(CLIPConfig(**openai_clip_config(sd, prefix)))
     model = model.to(torch.float32)
     weights = {k: v.float() if v.is_floating_point() else v

@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from transformers.activations import QuickGELUActivation
 
 from mmclip4clip.evaluation.scores import PairScores
 from mmclip4clip.registry import MODELS
@@ -77,6 +76,7 @@ class TightTransfHead(nn.Module):
                                             with_cp=with_cp)
         self.pooler_ln = nn.LayerNorm(embed_dim, eps=CROSS_LN_EPS)
         self.pooler_dense = nn.Linear(embed_dim, embed_dim)
+        from transformers.activations import QuickGELUActivation
         self.pooler_act = QuickGELUActivation()
         self.classifier = nn.Linear(embed_dim, 1)
         init_new_module(self)
