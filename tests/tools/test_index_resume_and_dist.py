@@ -199,7 +199,9 @@ def test_killed_two_process_run_resumes(workspace, checkpoint,
 
     def torchrun(kill_after: int, count_file: Path):
         return run([sys.executable, '-m', 'torch.distributed.run',
-                    '--nproc_per_node=2', f'--master_port={free_port()}',
+                    # --standalone: torchrun takes a free port itself (no
+                    # window for another process to take ours).
+                    '--standalone', '--nproc_per_node=2',
                     str(TESTS_TOOLS / 'index_kill_wrapper.py'),
                     str(count_file), str(kill_after),
                     str(REPO / 'tools/index_videos.py'), *args,
@@ -207,6 +209,7 @@ def test_killed_two_process_run_resumes(workspace, checkpoint,
 
     killed = torchrun(40, counts)
     assert killed.returncode != 0
+    assert counts.exists(), f'nothing was encoded:\n{killed.stderr[-3000:]}'
     assert not (index / 'index.json').exists()
     before = sum(map(int, counts.read_text().split()))
     resumed = torchrun(0, tmp_path / 'encoded_2.txt')
