@@ -10,7 +10,8 @@ Layout of an index directory (nothing in it is ever unpickled)::
 
 ``index.json`` holds ``format`` ("mmclip4clip-video-index"), ``version``,
 ``fingerprint`` (sha256 of the model config, the video pipeline and the
-checkpoint's bytes), ``config``, ``checkpoint`` and ``video_dir`` (absolute
+checkpoint's bytes, or without a checkpoint the bytes of the local CLIP
+directory's config and weights), ``config``, ``checkpoint`` and ``video_dir`` (absolute
 paths), ``embeddings`` (the .npy file name), ``dim``, ``videos`` (one entry
 per row: ``path`` relative to ``video_dir``, ``size``, ``mtime_ns``,
 ``duration``) and ``skipped`` (files that failed: ``path``, ``size``,
@@ -93,13 +94,41 @@ def _sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+# Files of a Hugging Face CLIP directory that decide its weights:
+# config.json and the weights (safetensors, or PyTorch .bin, either maybe
+# sharded with a .index.json).
+_WEIGHT_SUFFIXES = ('.json', '.safetensors', '.bin')
+
+
+def _pretrained_digest(cfg: Config) -> str | None:
+    """sha256 over the config and weight files of the backbone's local
+    ``pretrained`` directory; None when it is not a local directory (a hub
+    id: its files are the hub's)."""
+    backbone = cfg.model.get('backbone') or {}
+    pretrained = backbone.get('pretrained')
+    if not pretrained or not Path(pretrained).is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(Path(pretrained).iterdir()):
+        if path.is_file() and path.suffix in _WEIGHT_SUFFIXES:
+            digest.update(f'{path.name}:{_sha256_file(path)}\n'.encode())
+    return digest.hexdigest()
+
+
 def model_fingerprint(cfg: Config, checkpoint: str | Path | None) -> str:
     """sha256 of what decides an embedding: the model config, the video
-    pipeline and the checkpoint's bytes."""
+    pipeline and the checkpoint's bytes; without a checkpoint, the bytes of
+    the backbone's local ``pretrained`` directory instead (so weights
+    replaced in place are not mistaken for the ones the index was built
+    with)."""
     spec = dict(model=cfg.model.to_dict() if hasattr(cfg.model, 'to_dict')
                 else dict(cfg.model),
                 pipeline=video_pipeline_cfg(cfg),
                 checkpoint=_sha256_file(checkpoint) if checkpoint else None)
+    # Only then, and only for a local directory: other indexes keep the
+    # fingerprint they were built with.
+    if not checkpoint and (digest := _pretrained_digest(cfg)):
+        spec['pretrained'] = digest
     text = json.dumps(spec, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -314,3 +314,38 @@ def test_index_tool_names_a_directory_that_is_not_clip(
     assert err.startswith(f'error: {text_only}/config.json describes '
                           "model_type 'clip_text_model'")
     assert not (tmp_path / 'index').exists()
+
+
+def test_weights_replaced_in_place_are_not_the_indexed_ones(
+        published_dir, videos, tmp_path, load_tool, monkeypatch, capsys):
+    """Without a checkpoint the index fingerprint covers the directory's
+    weight bytes: after other weights are saved over them, search.py and
+    index_videos.py refuse the index (a silent mix of two models' vectors
+    otherwise); with the original bytes back, both accept it again."""
+    weights = shutil.copytree(published_dir, tmp_path / 'weights')
+    config_file = config_for(weights, tmp_path / CONFIG.name)
+    index = tmp_path / 'index'
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    index_argv = ['index_videos.py', str(config_file), str(videos),
+                  str(index), '--batch-size', '3']
+    search_argv = ['search.py', str(index), 'red', '--json']
+    index_tool = load_tool('tools/index_videos.py')
+    search_tool = load_tool('tools/search.py')
+    monkeypatch.setattr(sys, 'argv', index_argv)
+    assert index_tool.main() == 0, capsys.readouterr().err
+    capsys.readouterr()
+
+    original = (weights / 'model.safetensors').read_bytes()
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        CLIPModel(CLIPConfig(**STAND_IN)).save_pretrained(str(weights))
+    assert (weights / 'model.safetensors').read_bytes() != original
+    for argv, tool in ((search_argv, search_tool), (index_argv, index_tool)):
+        monkeypatch.setattr(sys, 'argv', argv)
+        assert tool.main() != 0
+        assert 'another model' in capsys.readouterr().err
+
+    (weights / 'model.safetensors').write_bytes(original)
+    monkeypatch.setattr(sys, 'argv', search_argv)
+    assert search_tool.main() == 0, capsys.readouterr().err
+    assert len(json.loads(capsys.readouterr().out)) == len(CLIPS)
