@@ -246,3 +246,42 @@ def test_progress_left_by_a_run_killed_after_its_commit_is_dropped(
                          batch_size=BATCH, commit_every=COMMIT_EVERY)
     assert again['encoded'] == 0 and again['unchanged'] == NUM_VIDEOS
     assert not (index / PROGRESS_DIR).exists()
+
+
+@pytest.mark.parametrize('positional, passed', [
+    (['cfg.py', 'model.pth', 'videos', 'index', '2'],
+     ['cfg.py', 'model.pth', 'videos', 'index']),
+    # No checkpoint: the config's own weights, as index_videos.py allows.
+    (['cfg.py', 'videos', 'index', '2'], ['cfg.py', 'videos', 'index']),
+])
+def test_dist_index_passes_the_paths_with_or_without_checkpoint(
+        tmp_path, positional, passed):
+    """dist_index.sh hands index_videos.py the paths before GPUS and the
+    options after it (read back from a stand-in ``python`` on PATH that
+    prints its arguments)."""
+    fake = tmp_path / 'python'
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, PATH=f'{tmp_path}:{os.environ["PATH"]}')
+    proc = subprocess.run(
+        ['bash', str(REPO / 'tools/dist_index.sh'), *positional,
+         '--batch-size', '4'], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    args = proc.stdout.splitlines()
+    assert '--nproc_per_node=2' in args
+    script = next(i for i, a in enumerate(args)
+                  if a.endswith('/index_videos.py'))
+    assert args[script + 1:] == [*passed, '--launcher', 'pytorch',
+                                 '--batch-size', '4']
+
+
+@pytest.mark.parametrize('positional, message', [
+    (['cfg.py', 'index', '2'], 'got 3 arguments'),
+    (['cfg.py', 'model.pth', 'videos', 'index', 'x', '2'], 'got 6 arguments'),
+    (['cfg.py', 'videos', 'index', 'two'], "not 'two'"),
+])
+def test_dist_index_refuses_wrong_arguments(positional, message):
+    proc = subprocess.run(['bash', str(REPO / 'tools/dist_index.sh'),
+                           *positional], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert message in proc.stderr
