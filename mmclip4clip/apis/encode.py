@@ -18,11 +18,12 @@ from mmengine.registry import DefaultScope
 from torch.utils.data import DataLoader, Dataset
 
 from mmclip4clip.datasets.transforms import tokenize
+from mmclip4clip.datasets.transforms.formatting import pack_frames
 from mmclip4clip.datasets.transforms.text import load_tokenizer
 from mmclip4clip.registry import TRANSFORMS
 from mmclip4clip.utils.config import of_type, type_name
 
-# Pipeline steps that need captions or pack them; replaced by _pack_frames.
+# Pipeline steps that need captions or pack them; replaced by pack_frames.
 _CAPTION_STEPS = ('TokenizeCaptions', 'PackVideoTextInputs')
 # How many names an error about many videos or texts lists.
 _MAX_NAMED = 5
@@ -78,19 +79,6 @@ def _check_loose(model: torch.nn.Module) -> None:
             'seqLSTM, seqTransf)')
 
 
-def _pack_frames(results: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frames [n, H, W, 3] -> uint8 ``imgs`` [T, 3, H, W] zero-padded to
-    ``max_frames`` and a bool ``frame_mask`` [T], as PackVideoTextInputs."""
-    frames = np.stack(results['imgs'])
-    n, h, w, _ = frames.shape
-    max_frames = results.get('max_frames', n)
-    imgs = torch.zeros(max_frames, 3, h, w, dtype=torch.uint8)
-    imgs[:n] = torch.from_numpy(frames).permute(0, 3, 1, 2)
-    mask = torch.zeros(max_frames, dtype=torch.bool)
-    mask[:n] = True
-    return imgs, mask
-
-
 class VideoFileDataset(Dataset):
     """Decodes a list of video files; a file that fails yields its error
     instead of raising, so one broken file never stops a run."""
@@ -111,7 +99,7 @@ class VideoFileDataset(Dataset):
         try:
             results = self.pipeline(dict(filename=self.paths[index],
                                          start_index=0, modality='RGB'))
-            sample['imgs'], sample['frame_mask'] = _pack_frames(results)
+            sample['imgs'], sample['frame_mask'] = pack_frames(results)
             sample['duration'] = float(results['total_frames'] /
                                        results['avg_fps'])
         except Exception as err:  # noqa: BLE001  (reported per file)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .scores import Scores, as_scores
+from .scores import Scores, as_scores, check_matrix
 
 # Default tile of the score matrix ranked at once, (caption rows, columns):
 # cache-sized on the CPU; larger on a GPU, where every tile costs a few
@@ -28,16 +28,6 @@ TILE_SIZES = {'cpu': (1024, 1024), 'cuda': (4096, 8192)}
 
 def _tile_size(device: torch.device) -> tuple[int, int]:
     return TILE_SIZES.get(device.type, TILE_SIZES['cpu'])
-
-
-def _check_matrix(scores: Tensor) -> None:
-    """A 2-d float tensor (the whole-matrix functions: QB-Norm)."""
-    if scores.dim() != 2:
-        raise ValueError(
-            f'scores must be a 2-d [N_text, M_video] tensor, got shape '
-            f'{tuple(scores.shape)}')
-    if not scores.is_floating_point():
-        raise ValueError(f'scores must be a float tensor, got {scores.dtype}')
 
 
 def _check_index(index: Tensor, name: str, length: int, high: int) -> None:
@@ -286,8 +276,8 @@ def querybank_norm(scores: Tensor, bank: Tensor, beta: float,
     Returns:
         [N, M] float scores, ranked row by row like ``scores``.
     """
-    _check_matrix(scores)
-    _check_matrix(bank)
+    check_matrix(scores)
+    check_matrix(bank)
     if bank.shape[1] != scores.shape[1]:
         raise ValueError(
             f'bank has {bank.shape[1]} gallery columns, scores has '

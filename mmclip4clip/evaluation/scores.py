@@ -30,19 +30,28 @@ RowTiles = Callable[[int, int], Tensor]
 
 
 class Scores:
-    """A lazy [N_text, M_video] score matrix (see the module docstring)."""
+    """A lazy [N_text, M_video] score matrix (see the module docstring).
+
+    Args:
+        shape: ``(N_text, M_video)``.
+        like: a tensor whose device and dtype the scores have.
+    """
+
+    def __init__(self, shape: tuple[int, int], like: Tensor) -> None:
+        self._shape = torch.Size(shape)
+        self._like = like
 
     @property
     def shape(self) -> torch.Size:
-        raise NotImplementedError
+        return self._shape
 
     @property
     def device(self) -> torch.device:
-        raise NotImplementedError
+        return self._like.device
 
     @property
     def dtype(self) -> torch.dtype:
-        raise NotImplementedError
+        return self._like.dtype
 
     def row_tiles(self, rows: Tensor) -> RowTiles:
         """Tiles of the rows ``rows`` ([B] long on :attr:`device`):
@@ -63,6 +72,16 @@ class Scores:
     def rows(self, index: Tensor) -> Tensor:
         """Rows ``index`` of the matrix: [len(index), M]."""
         return self.row_tiles(index)(0, self.shape[1])
+
+
+def check_matrix(scores: Tensor) -> None:
+    """Raise ValueError unless ``scores`` is a 2-d float tensor."""
+    if scores.dim() != 2:
+        raise ValueError(
+            f'scores must be a 2-d [N_text, M_video] tensor, got shape '
+            f'{tuple(scores.shape)}')
+    if not scores.is_floating_point():
+        raise ValueError(f'scores must be a float tensor, got {scores.dtype}')
 
 
 def _first_bad_row(values: Tensor) -> int | None:
@@ -96,18 +115,7 @@ class EmbeddingScores(Scores):
             scale = float(scale)
         self.text = text * scale  # [N, D], scaled once
         self.video = video
-
-    @property
-    def shape(self) -> torch.Size:
-        return torch.Size((self.text.shape[0], self.video.shape[0]))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.text.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.text.device
+        super().__init__((text.shape[0], video.shape[0]), self.text)
 
     def row_tiles(self, rows: Tensor) -> RowTiles:
         text = self.text[rows]  # [B, D], gathered once for all tiles
@@ -132,25 +140,9 @@ class DenseScores(Scores):
     """
 
     def __init__(self, matrix: Tensor) -> None:
-        if matrix.dim() != 2:
-            raise ValueError(
-                f'scores must be a 2-d [N_text, M_video] tensor, got shape '
-                f'{tuple(matrix.shape)}')
-        if not matrix.is_floating_point():
-            raise ValueError(f'scores must be a float tensor, got {matrix.dtype}')
+        check_matrix(matrix)
         self.matrix = matrix
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.matrix.shape
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.matrix.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.matrix.device
+        super().__init__(matrix.shape, matrix)
 
     def row_tiles(self, rows: Tensor) -> RowTiles:
         return lambda start, stop: self.matrix[:, start:stop][rows]
@@ -202,22 +194,11 @@ class PairScores(Scores):
                 f'{tuple(frames.shape)} and {tuple(frame_mask.shape)}')
         self.pair_logits = pair_logits
         self.text, self.frames, self.frame_mask = text, frames, frame_mask
+        super().__init__((text.shape[0], frames.shape[0]), text)
         self._grad = torch.is_grad_enabled()
         kind = text.device.type
         self._autocast = (kind, torch.get_autocast_dtype(kind)) \
             if torch.is_autocast_enabled(kind) else None
-
-    @property
-    def shape(self) -> torch.Size:
-        return torch.Size((self.text.shape[0], self.frames.shape[0]))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.text.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.text.device
 
     def _logits(self, text: Tensor, start: int, stop: int) -> Tensor:
         with ExitStack() as stack:

@@ -9,6 +9,20 @@ from mmengine.structures import BaseDataElement
 from mmclip4clip.registry import TRANSFORMS
 
 
+def pack_frames(results: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoded frames ``results['imgs']`` ([n, H, W, 3] each) -> uint8
+    ``imgs`` [T, 3, H, W] zero-padded at the end to ``results['max_frames']``
+    (default n) and a bool ``frame_mask`` [T], real frames first."""
+    frames = np.stack(results['imgs'])  # [n, H, W, 3]
+    n, h, w, _ = frames.shape
+    max_frames = results.get('max_frames', n)
+    imgs = torch.zeros(max_frames, 3, h, w, dtype=torch.uint8)
+    imgs[:n] = torch.from_numpy(frames).permute(0, 3, 1, 2)
+    frame_mask = torch.zeros(max_frames, dtype=torch.bool)
+    frame_mask[:n] = True
+    return imgs, frame_mask
+
+
 @TRANSFORMS.register_module()
 class PackVideoTextInputs(BaseTransform):
     """-> ``dict(inputs=..., data_samples=BaseDataElement)``.
@@ -24,13 +38,7 @@ class PackVideoTextInputs(BaseTransform):
         self.meta_keys = meta_keys
 
     def transform(self, results: dict) -> dict:
-        frames = np.stack(results['imgs'])  # [n, H, W, 3]
-        n, h, w, _ = frames.shape
-        max_frames = results.get('max_frames', n)
-        imgs = torch.zeros(max_frames, 3, h, w, dtype=torch.uint8)
-        imgs[:n] = torch.from_numpy(frames).permute(0, 3, 1, 2)
-        frame_mask = torch.zeros(max_frames, dtype=torch.bool)
-        frame_mask[:n] = True
+        imgs, frame_mask = pack_frames(results)
         inputs = dict(
             imgs=imgs,
             frame_mask=frame_mask,
