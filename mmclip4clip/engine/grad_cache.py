@@ -20,10 +20,14 @@ recomputing the whole loss once per micro-batch):
    by the chain rule its parameter gradient is that micro-batch's share of
    d loss / d parameters.
 
-What is split is the towers (and a loose head inside the video tower): the
-tight head's cross-encoder runs in step 2, once over the process's B x B
-pairs with autograd (in chunks, as in a plain step), so its activations are
-not micro-batched.
+What is split is the towers (and a loose head inside the video tower). The
+tight head's cross-encoder runs in step 2 over the process's B x B pairs in
+two passes of its own (``PairScores.full_for_backward``): the pair logits
+without a graph, then, once the loss has given their gradient, again one
+block of rows at a time with autograd and that block's share of the
+gradient, its random state replayed. So it holds one block's activations
+(blocks of whole cross-encoder chunks: ``chunk_size`` pairs, at least one
+row), not the B x B pairs'; it costs one more cross-encoder forward.
 
 The sum over micro-batches is the full-batch gradient (up to the order of
 floating-point additions). Stochastic layers inside the towers draw their
@@ -132,12 +136,19 @@ def micro_batched_train_step(model: nn.Module, data, optim_wrapper,
     earlier = [p.grad for _, p in trainable]
     for _, p in trainable:
         p.grad = None
+    # The loss's gradient w.r.t. the scores first, then the scorer's
+    # backward: the tight head recomputes its pairs a block at a time.
     with optim_wrapper.optim_context(model):
-        loss = model.loss_from_embeddings(
+        scores, scores_backward = model.batch_scores(
             text, video,
-            model.data_preprocessor.cast_data(data['inputs']['frame_mask']))
+            model.data_preprocessor.cast_data(data['inputs']['frame_mask'])
+        ).full_for_backward()
+        loss = model.loss_module(scores)
     parsed_loss, log_vars = model.parse_losses(dict(loss=loss))
     optim_wrapper.backward(optim_wrapper.scale_loss(parsed_loss))
+    with optim_wrapper.optim_context(model):
+        scores_backward(scores.grad)
+    del scores, scores_backward
     after_loss = rng_state()
     param_grads = {name: p.grad for name, p in trainable
                    if p.grad is not None}

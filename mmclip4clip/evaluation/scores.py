@@ -19,6 +19,7 @@ The module depends on torch only, so models and evaluation both import it.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import ExitStack
 
@@ -73,6 +74,25 @@ class Scores:
         """Rows ``index`` of the matrix: [len(index), M]."""
         return self.row_tiles(index)(0, self.shape[1])
 
+    def full_for_backward(self) -> tuple[Tensor, Callable[[Tensor], None]]:
+        """The whole matrix as a leaf tensor, cut from the graph that made
+        it, and a function that back-propagates a gradient of that matrix
+        ([N, M]) through the scorer to its inputs and parameters.
+
+        For gradient caching (``engine/grad_cache.py``): the loss's gradient
+        w.r.t. the scores is taken first, the scorer's backward later. Here
+        the graph of :meth:`full` is kept until then; :class:`PairScores`
+        instead recomputes it one block of rows at a time.
+        """
+        values = self.full()
+        leaf = values.detach().requires_grad_(values.requires_grad)
+
+        def backward(grad: Tensor) -> None:
+            if values.requires_grad:
+                values.backward(grad)
+
+        return leaf, backward
+
 
 def check_matrix(scores: Tensor) -> None:
     """Raise ValueError unless ``scores`` is a 2-d float tensor."""
@@ -82,6 +102,19 @@ def check_matrix(scores: Tensor) -> None:
             f'{tuple(scores.shape)}')
     if not scores.is_floating_point():
         raise ValueError(f'scores must be a float tensor, got {scores.dtype}')
+
+
+def _torch_rng_state(device: torch.device) -> tuple:
+    """torch's CPU generator state and, on CUDA, the device's."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == 'cuda' else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_torch_rng_state(state: tuple, device: torch.device) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
 
 
 def _first_bad_row(values: Tensor) -> int | None:
@@ -181,10 +214,15 @@ class PairScores(Scores):
         text: [N, D] text features.
         frames: [M, T, D] frame features of the videos.
         frame_mask: [M, T] their masks (1 = real frame).
+        pairs_per_pass: how many pairs ``pair_logits`` runs through the
+            cross-encoder at once (its chunk), or None when unknown; blocks
+            of rows of :meth:`full_for_backward` are whole chunks, so they
+            draw the random numbers (dropout) of one :meth:`full`.
     """
 
     def __init__(self, pair_logits: PairLogits, text: Tensor, frames: Tensor,
-                 frame_mask: Tensor) -> None:
+                 frame_mask: Tensor, pairs_per_pass: int | None = None
+                 ) -> None:
         if (text.dim() != 2 or frames.dim() != 3
                 or frames.shape[-1] != text.shape[-1]
                 or tuple(frame_mask.shape) != tuple(frames.shape[:2])):
@@ -194,16 +232,21 @@ class PairScores(Scores):
                 f'{tuple(frames.shape)} and {tuple(frame_mask.shape)}')
         self.pair_logits = pair_logits
         self.text, self.frames, self.frame_mask = text, frames, frame_mask
+        self.pairs_per_pass = pairs_per_pass
         super().__init__((text.shape[0], frames.shape[0]), text)
         self._grad = torch.is_grad_enabled()
         kind = text.device.type
         self._autocast = (kind, torch.get_autocast_dtype(kind)) \
             if torch.is_autocast_enabled(kind) else None
 
-    def _logits(self, text: Tensor, start: int, stop: int) -> Tensor:
+    def _logits(self, text: Tensor, start: int, stop: int,
+                grad: bool | None = None) -> Tensor:
+        """Logits of ``text`` x videos ``start:stop`` under the grad mode
+        (``grad`` overrides it) and autocast of the object's creation."""
+        grad = self._grad if grad is None else grad
         with ExitStack() as stack:
-            if torch.is_grad_enabled() != self._grad:
-                stack.enter_context(torch.set_grad_enabled(self._grad))
+            if torch.is_grad_enabled() != grad:
+                stack.enter_context(torch.set_grad_enabled(grad))
             kind = self.device.type
             now = (kind, torch.get_autocast_dtype(kind)) \
                 if torch.is_autocast_enabled(kind) else None
@@ -231,6 +274,52 @@ class PairScores(Scores):
 
     def full(self) -> Tensor:
         return self._logits(self.text, 0, self.shape[1])
+
+    def _block_rows(self) -> int:
+        """Rows per block of :meth:`full_for_backward`: the fewest whose
+        pairs are whole chunks of ``pairs_per_pass`` (all rows when that is
+        unknown or takes more)."""
+        n, m = self.shape
+        if not self.pairs_per_pass or m == 0:
+            return max(n, 1)
+        rows = self.pairs_per_pass // math.gcd(self.pairs_per_pass, m)
+        return max(1, min(n, rows))
+
+    def full_for_backward(self) -> tuple[Tensor, Callable[[Tensor], None]]:
+        """:meth:`Scores.full_for_backward`, holding one block of rows'
+        activations at a time instead of all N x M pairs'.
+
+        The matrix is computed block by block without a graph, the random
+        state saved before each block; the backward function computes each
+        block again from its saved state (same dropout masks) and
+        back-propagates its rows of the gradient, then leaves the random
+        state where the first pass left it. The blocks are whole chunks of
+        the scorer, so the masks are those of one :meth:`full` call, and so
+        are the gradients (up to the order of floating-point additions).
+        """
+        if not self._grad:
+            return super().full_for_backward()
+        n, m = self.shape
+        step = self._block_rows()
+        starts = range(0, n, step)
+        states, blocks = [], []
+        for start in starts:
+            states.append(_torch_rng_state(self.device))
+            blocks.append(self._logits(self.text[start:start + step], 0, m,
+                                       grad=False))
+        after = _torch_rng_state(self.device)
+        leaf = (torch.cat(blocks) if blocks else
+                self.text.new_zeros(n, m)).requires_grad_()
+
+        def backward(grad: Tensor) -> None:
+            for start, state in zip(starts, states, strict=True):
+                _set_torch_rng_state(state, self.device)
+                block = self._logits(self.text[start:start + step], 0, m)
+                if block.requires_grad:
+                    block.backward(grad[start:start + step])
+            _set_torch_rng_state(after, self.device)
+
+        return leaf, backward
 
     def check_finite(self) -> None:
         for name, values in (('caption', self.text), ('video', self.frames)):

@@ -217,6 +217,40 @@ def test_micro_batched_step_equals_one_pass(head, patch, micro):
     assert torch.equal(got['next_random'], expected['next_random'])
 
 
+@pytest.mark.parametrize('chunk_size', [3, 4])
+def test_tight_pairs_in_blocks_equal_one_pass(chunk_size):
+    """With chunks of 3 or 4 of the 25 pairs, the cross-encoder's second
+    pass runs in blocks of 3 + 2 or 4 + 1 rows: the gradients, the loss and
+    the random state after the step (dropout 0.1) are the plain step's."""
+    options = dict(chunk_size=chunk_size)
+    expected = recorded_step(build_model('tightTransf', head_options=options),
+                             make_data())
+    got = recorded_step(build_model('tightTransf', 2, head_options=options),
+                        make_data())
+    torch.testing.assert_close(got['loss'], expected['loss'], rtol=1e-12,
+                               atol=0.0)
+    assert_grads_close(got['grads'], expected['grads'])
+    assert torch.equal(got['next_random'], expected['next_random'])
+
+
+def test_tight_pairs_hold_one_block_of_activations():
+    """In a micro-batched step the cross-encoder runs with autograd on one
+    block of rows at a time (here 4 x 5 = 20 of the 25 pairs, then 5), and
+    the whole matrix only without a graph."""
+    model = build_model('tightTransf', 2, head_options=dict(chunk_size=4))
+    calls = []
+    pair_logits = model.head.pair_logits
+
+    def recording(text, frames, frame_mask, chunk_size=None):
+        calls.append((text.shape[0] * frames.shape[0],
+                      torch.is_grad_enabled()))
+        return pair_logits(text, frames, frame_mask, chunk_size)
+
+    with mock.patch.object(model.head, 'pair_logits', recording):
+        recorded_step(model, make_data())
+    assert calls == [(20, False), (5, False), (20, True), (5, True)]
+
+
 def test_a_wrong_micro_batch_gradient_fails_the_check():
     """Negative control: the last micro-batch's surrogate dropped."""
     expected = plain_step('meanP')

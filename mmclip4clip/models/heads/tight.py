@@ -112,7 +112,8 @@ class TightTransfHead(nn.Module):
         ``logit_scale``."""
         if frame_mask is None:
             raise ValueError('the tight head needs the videos\' frame mask')
-        return PairScores(self.pair_logits, text, frames, frame_mask)
+        return PairScores(self.pair_logits, text, frames, frame_mask,
+                          pairs_per_pass=self.pairs_per_pass(text.device))
 
     def batch_scores(self, text: Tensor, frames: Tensor, frame_mask: Tensor,
                      scale: float | Tensor | None = None) -> PairScores:
@@ -120,6 +121,11 @@ class TightTransfHead(nn.Module):
         in-batch pairs, as in the original (not gathered: the pairs of
         other processes would cost W^2 times the cross-encoder passes)."""
         return self.scores(text, frames, frame_mask)
+
+    def pairs_per_pass(self, device: torch.device) -> int:
+        """Pairs per cross-encoder pass: ``chunk_size``, else 128 on the
+        CPU and 2048 on other devices."""
+        return self.chunk_size or (128 if device.type == 'cpu' else 2048)
 
     def _check_length(self, num_frames: int) -> None:
         """1 + T tokens must fit the position table."""
@@ -156,8 +162,7 @@ class TightTransfHead(nn.Module):
         block computes only token 0, the only one the pooler reads (about
         3/4 of the per-pair products at 12 frames and 4 blocks).
         """
-        chunk = chunk_size or self.chunk_size or (
-            128 if text.device.type == 'cpu' else 2048)
+        chunk = chunk_size or self.pairs_per_pass(text.device)
         n, m = text.shape[0], frames.shape[0]
         if self.training:
             def logits(t_idx: Tensor, v_idx: Tensor) -> Tensor:

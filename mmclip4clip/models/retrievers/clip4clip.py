@@ -204,14 +204,20 @@ class CLIP4Clip(BaseModel):
         video = self.encode_video(inputs['frames'], inputs['frame_mask'])
         return text, video
 
+    def batch_scores(self, text: Tensor, video: Tensor,
+                     frame_mask: Tensor) -> Scores:
+        """The scores the training loss runs over, from this process's
+        embeddings (:meth:`embed`) and [B, T] frame mask: gathered over
+        processes (loose heads) or this process's in-batch pairs (tight
+        head): the head's ``batch_scores``."""
+        return self.head.batch_scores(text, video, frame_mask,
+                                      self.backbone.logit_scale.exp())
+
     def loss_from_embeddings(self, text: Tensor, video: Tensor,
                              frame_mask: Tensor) -> Tensor:
-        """The training loss of this process's embeddings (:meth:`embed`)
-        and [B, T] frame mask: gathered over processes (loose heads) or
-        over the in-batch pairs (tight head): the head's ``batch_scores``."""
-        scores = self.head.batch_scores(text, video, frame_mask,
-                                        self.backbone.logit_scale.exp())
-        return self.loss_module(scores.full())
+        """The training loss of :meth:`batch_scores`."""
+        return self.loss_module(
+            self.batch_scores(text, video, frame_mask).full())
 
     def cached_grad_surrogate(self, batch: dict, text_grad: Tensor,
                               video_grad: Tensor,
