@@ -38,7 +38,10 @@ setup(
         # The search page (tools/search_server.py): FastAPI for the routes,
         # uvicorn to serve them.
         'web': ['fastapi', 'uvicorn'],
+        # playwright drives the system's Chromium in the search page's
+        # browser test (.ci/run installs Debian's chromium; Playwright's own
+        # browser download is never used).
         'tests': ['faiss-cpu', 'pytest', 'scikit-video', 'ruff', 'fastapi',
-                  'uvicorn', 'httpx'],
+                  'uvicorn', 'httpx', 'playwright'],
     },
 )

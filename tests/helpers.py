@@ -19,6 +19,17 @@ from pathlib import Path
 PAD, BOS, EOT = 0, 62, 63
 MAX_WORD_ID = BOS - 1
 
+REPO = Path(__file__).resolve().parents[1]
+# The tiny model of the synthetic dataset (its tokenizer path is relative to
+# a workspace, tests/conftest.py's make_workspace).
+SYNTHETIC_CONFIG = REPO / ('configs/retrieval/clip4clip/clip4clip_tiny-p4-'
+                           'res32-scratch_1xb32-u8-30e_synthetic-rgb.py')
+# The search server tests' index (tests/tools/conftest.py): this many
+# synthetic clips, and one more under a file name that is HTML, which pages
+# must show as text.
+WEB_INDEX_CLIPS = 12
+EVIL_VIDEO_NAME = '<img src=x onerror=alert(1)>.mp4'
+
 # A CLIP small enough to run forward and backward in milliseconds: 16 px
 # frames in 4 px patches, 2 layers of width 32 in each tower.
 TINY_CLIP = dict(

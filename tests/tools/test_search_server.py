@@ -5,7 +5,6 @@ lists (by row), never puts data into HTML, and refuses oversized queries."""
 import copy
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,14 +19,19 @@ pytest.importorskip('fastapi')
 pytest.importorskip('httpx')
 
 from fastapi.testclient import TestClient  # noqa: E402
-from helpers import free_port  # noqa: E402
+from helpers import (  # noqa: E402
+    EVIL_VIDEO_NAME,
+    REPO,
+    SYNTHETIC_CONFIG,
+    WEB_INDEX_CLIPS,
+    free_port,
+)
 
 from mmclip4clip.apis import (  # noqa: E402
     init_retriever,
     load_index,
     rerank_with_tight,
     search_index,
-    update_index,
 )
 from mmclip4clip.apis.index import save_index  # noqa: E402
 from mmclip4clip.apis.web import (  # noqa: E402
@@ -38,59 +42,10 @@ from mmclip4clip.apis.web import (  # noqa: E402
     create_app,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-CONFIG = REPO / ('configs/retrieval/clip4clip/'
-                 'clip4clip_tiny-p4-res32-scratch_1xb32-u8-30e_synthetic-rgb.py')
-EVIL_NAME = '<img src=x onerror=alert(1)>.mp4'
-NUM_CLIPS = 12  # plain synthetic clips, plus one under EVIL_NAME
-
 
 @pytest.fixture(scope='module')
-def workspace(make_workspace):
-    """A workspace the module runs in (the config's tokenizer path is
-    relative to it)."""
-    root = make_workspace('web_ws')
-    cwd = os.getcwd()
-    os.chdir(root)
-    yield root
-    os.chdir(cwd)
-
-
-@pytest.fixture(scope='module')
-def checkpoint(workspace) -> Path:
-    """The synthetic config's model with weights drawn from seed 0."""
-    torch.manual_seed(0)
-    model = init_retriever(Config.fromfile(str(CONFIG)))
-    path = workspace / 'fixed_model.pth'
-    torch.save(dict(meta=dict(seed=0), state_dict=model.state_dict()), path)
-    return path
-
-
-@pytest.fixture(scope='module')
-def model_cfg(checkpoint):
-    cfg = Config.fromfile(str(CONFIG))
-    return init_retriever(cfg, checkpoint), cfg
-
-
-@pytest.fixture(scope='module')
-def index_dir(workspace, model_cfg, checkpoint) -> Path:
-    """An index of NUM_CLIPS test clips and one more named EVIL_NAME."""
-    model, cfg = model_cfg
-    videos = workspace / 'videos'
-    videos.mkdir()
-    clips = sorted((workspace / 'data/synthetic/videos/test').glob('*.mp4'))
-    for clip in clips[:NUM_CLIPS]:
-        shutil.copy(clip, videos / clip.name)
-    shutil.copy(clips[NUM_CLIPS], videos / EVIL_NAME)
-    index = workspace / 'index'
-    counts = update_index(model, cfg, videos, index, CONFIG, checkpoint)
-    assert counts['added'] == NUM_CLIPS + 1 and counts['skipped'] == []
-    return index
-
-
-@pytest.fixture(scope='module')
-def client(index_dir):
-    with TestClient(create_app(index_dir),
+def client(web_index_dir):
+    with TestClient(create_app(web_index_dir),
                     base_url='http://127.0.0.1') as test_client:
         yield test_client
 
@@ -101,13 +56,13 @@ def captions(workspace: Path) -> list[str]:
     return [c for rec in ann for c in rec['captions']][::15]  # 12
 
 
-def test_search_json_is_search_index_ranking(workspace, model_cfg,
-                                             index_dir, client):
+def test_search_json_is_search_index_ranking(web_workspace, web_model_cfg,
+                                             web_index_dir, client):
     """Same videos, same order, same scores (bit for bit) as search_index
     with a separately loaded model; rows point at the listed videos."""
-    model, cfg = model_cfg
-    index = load_index(index_dir)
-    for caption in captions(workspace):
+    model, cfg = web_model_cfg
+    index = load_index(web_index_dir)
+    for caption in captions(web_workspace):
         expected = search_index(model, cfg, index, caption, 5)
         response = client.get('/api/search', params=dict(q=caption, k=5))
         assert response.status_code == 200, response.text
@@ -121,15 +76,15 @@ def test_search_json_is_search_index_ranking(workspace, model_cfg,
             assert index.videos[r['id']]['path'] == r['path']
             assert r['duration'] == index.videos[r['id']]['duration']
     everything = client.get('/api/search', params=dict(q=caption, k=MAX_K))
-    assert len(everything.json()['results']) == NUM_CLIPS + 1
+    assert len(everything.json()['results']) == WEB_INDEX_CLIPS + 1
 
 
-def test_tight_rerank_equals_rerank_with_tight(workspace, model_cfg,
-                                              index_dir, tmp_path):
+def test_tight_rerank_equals_rerank_with_tight(web_workspace, web_model_cfg,
+                                              web_index_dir, tmp_path):
     """With a tightTransf model: the loose top max(rerank_topk, k)
     re-ordered by its logits, exactly as rerank_with_tight orders them."""
-    model, cfg = model_cfg
-    tight_cfg = Config.fromfile(str(CONFIG))
+    model, cfg = web_model_cfg
+    tight_cfg = Config.fromfile(str(SYNTHETIC_CONFIG))
     tight_cfg.model.head = dict(type='TightTransfHead', embed_dim=64,
                                 num_layers=1, num_heads=2, max_positions=32)
     torch.manual_seed(0)
@@ -141,11 +96,11 @@ def test_tight_rerank_equals_rerank_with_tight(workspace, model_cfg,
     tight_path = tmp_path / 'tight_config.py'
     tight_cfg.dump(str(tight_path))
     query = 'a red square moves left along the top'
-    index = load_index(index_dir)
+    index = load_index(web_index_dir)
     expected = rerank_with_tight(
         search_index(model, cfg, index, query, 6), tight, tight_cfg,
         index.meta['video_dir'], query)[:4]
-    app = create_app(index_dir, rerank_config=str(tight_path),
+    app = create_app(web_index_dir, rerank_config=str(tight_path),
                      rerank_checkpoint=str(ckpt), rerank_topk=6)
     with TestClient(app, base_url='http://localhost') as rerank_client:
         response = rerank_client.get('/api/search', params=dict(q=query, k=4))
@@ -156,13 +111,13 @@ def test_tight_rerank_equals_rerank_with_tight(workspace, model_cfg,
     assert [r['tight_score'] for r in results] == sorted(
         (r['tight_score'] for r in results), reverse=True)
     with pytest.raises(ValueError, match='go together'):
-        create_app(index_dir, rerank_config=str(tight_path))
+        create_app(web_index_dir, rerank_config=str(tight_path))
 
 
-def test_segments_and_captions_are_passed_through(index_dir, tmp_path):
+def test_segments_and_captions_are_passed_through(web_index_dir, tmp_path):
     """An index record with a segment and a caption: the result carries
     them (the page plays from ``start``); malformed ones are left out."""
-    index = load_index(index_dir)
+    index = load_index(web_index_dir)
     meta = copy.deepcopy(index.meta)
     for video in meta['videos']:
         video.update(start=0.5, end=1.5, caption='<b>x</b> & y')
@@ -185,11 +140,11 @@ def test_segments_and_captions_are_passed_through(index_dir, tmp_path):
                 0.5, 1.5, '<b>x</b> & y')
 
 
-def test_faiss_engine_equals_search_index(model_cfg, index_dir, tmp_path):
+def test_faiss_engine_equals_search_index(web_model_cfg, web_index_dir, tmp_path):
     pytest.importorskip('faiss')
-    model, cfg = model_cfg
+    model, cfg = web_model_cfg
     copied = tmp_path / 'faiss_index'
-    shutil.copytree(index_dir, copied)
+    shutil.copytree(web_index_dir, copied)
     app = create_app(copied, engine='faiss')
     assert list(copied.glob('faiss-*.index'))  # built at start
     expected = search_index(model, cfg, load_index(copied), 'a red square',
@@ -263,7 +218,7 @@ def test_busy_server_answers_503(client):
 def test_hostile_file_name_is_plain_json_and_never_in_the_page(client):
     data = client.get('/api/search',
                       params=dict(q='a red square', k=MAX_K)).json()
-    assert EVIL_NAME in [r['path'] for r in data['results']]
+    assert EVIL_VIDEO_NAME in [r['path'] for r in data['results']]
     page = client.get('/')
     assert page.status_code == 200
     assert page.headers['content-type'].startswith('text/html')
@@ -312,10 +267,10 @@ def test_security_headers_on_every_response(client):
         assert "script-src 'self'" in csp and "default-src 'none'" in csp
 
 
-def test_video_is_served_by_row_with_byte_ranges(index_dir, client):
-    index = load_index(index_dir)
+def test_video_is_served_by_row_with_byte_ranges(web_index_dir, client):
+    index = load_index(web_index_dir)
     for row in (0, index.videos.index(next(
-            v for v in index.videos if v['path'] == EVIL_NAME))):
+            v for v in index.videos if v['path'] == EVIL_VIDEO_NAME))):
         path = Path(index.meta['video_dir']) / index.videos[row]['path']
         data = path.read_bytes()
         whole = client.get(f'/video/{row}')
@@ -341,11 +296,11 @@ def test_anything_but_a_listed_row_is_404(client, url):
     assert client.get(url).status_code == 404
 
 
-def test_symlink_swapped_in_outside_the_folder_is_404(index_dir, client,
+def test_symlink_swapped_in_outside_the_folder_is_404(web_index_dir, client,
                                                       tmp_path):
     """A listed file replaced by a symlink to a file outside the video
     folder is refused; one to a file inside it is served."""
-    index = load_index(index_dir)
+    index = load_index(web_index_dir)
     video_dir = Path(index.meta['video_dir'])
     listed = video_dir / index.videos[1]['path']
     original = tmp_path / 'original.mp4'
@@ -380,7 +335,7 @@ def test_thumbnail_is_a_strip_of_frames(client):
     assert image.size == (STRIP_FRAMES * STRIP_HEIGHT, STRIP_HEIGHT)
 
 
-def test_server_tool_answers_over_http(workspace, index_dir):
+def test_server_tool_answers_over_http(web_workspace, web_index_dir):
     """tools/search_server.py on a free port: /api/search over real HTTP,
     then terminated."""
     import httpx
@@ -388,8 +343,8 @@ def test_server_tool_answers_over_http(workspace, index_dir):
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, str(REPO / 'tools/search_server.py'),
-         str(index_dir), '--port', str(port)],
-        cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+         str(web_index_dir), '--port', str(port)],
+        cwd=web_workspace, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)
     try:
         deadline = time.monotonic() + 120
@@ -412,11 +367,11 @@ def test_server_tool_answers_over_http(workspace, index_dir):
         proc.wait(timeout=30)
 
 
-def test_server_tool_refuses_a_missing_index(workspace, tmp_path):
+def test_server_tool_refuses_a_missing_index(web_workspace, tmp_path):
     proc = subprocess.run(
         [sys.executable, str(REPO / 'tools/search_server.py'),
          str(tmp_path / 'nothing'), '--port', str(free_port())],
-        cwd=workspace, capture_output=True, text=True, timeout=300)
+        cwd=web_workspace, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith('error: ') and 'no index.json' in last
