@@ -84,16 +84,22 @@ def _rows(hits: list[dict]) -> list[int]:
     return [int(hit['path'][:-len('.mp4')]) for hit in hits]
 
 
-def _timed(fn, args: list, warmup: int) -> tuple[list[float], list]:
+def _timed(fn, args: list, warmup: int,
+           keep: bool = True) -> tuple[list[float], list]:
     """``fn(a)`` for each ``a`` of ``args`` after ``fn`` on the first
-    ``warmup`` of them: the seconds and the result of each call."""
+    ``warmup`` of them: the seconds and (``keep``) the result of each call;
+    without ``keep`` each result is dropped before the next call (a faiss
+    graph of 1M vectors holds 2.3 GB)."""
     for arg in args[:warmup]:
         fn(arg)
     seconds, results = [], []
     for arg in args:
         start = perf_counter()
-        results.append(fn(arg))
+        result = fn(arg)
         seconds.append(perf_counter() - start)
+        if keep:
+            results.append(result)
+        del result
     return seconds, results
 
 
@@ -188,7 +194,7 @@ def _one_size(num: int, sizes, model, cfg, work_dir: Path) -> dict:
     faiss.write_index(graph, str(cache))
     faiss_row['cache_mib'] = cache.stat().st_size / 2**20
     read, _ = _timed(lambda _: faiss_graph(index, index_dir),
-                     [None] * sizes.search_calls, warmup=1)
+                     [None] * sizes.search_calls, warmup=1, keep=False)
     faiss_row['graph_read'] = _ms(read)
     text = encode_query(model, cfg, QUERY)
     for engine in ('exact', 'faiss'):

@@ -95,7 +95,7 @@ class Sizes:
     # The indexing section: synthetic clips per index, repeats of each
     # (processes, threads per process) configuration, and whether a rerun
     # on the finished index times the start-up every run pays.
-    index_clips: int = 1440
+    index_clips: int = 2880
     index_repeats: int = 3
     index_startup: bool = True
     index_configurations: tuple[tuple[int, int], ...] = ((1, 1), (2, 1),
