@@ -10,6 +10,7 @@ from .index import (
     VideoIndex,
     load_index,
     rerank_with_tight,
+    search_embedding,
     search_index,
     update_index,
 )
@@ -18,6 +19,6 @@ from .inference import init_retriever
 __all__ = [
     'InvalidIndexError', 'QueryWarning', 'VideoIndex', 'encode_query',
     'encode_texts', 'encode_videos', 'init_retriever',
-    'load_index', 'rerank_with_tight', 'search_index', 'tight_scores',
-    'update_index'
+    'load_index', 'rerank_with_tight', 'search_embedding', 'search_index',
+    'tight_scores', 'update_index'
 ]

@@ -659,6 +659,14 @@ def _write_updated_index(index_dir: Path, video_dir: Path, files: list[str],
                          for s in skipped])
 
 
+def _check_search(topk, engine: str) -> None:
+    if (isinstance(topk, bool) or not isinstance(topk, (int, np.integer))
+            or topk < 1):
+        raise ValueError(f'topk must be a positive integer, not {topk!r}')
+    if engine not in ('exact', 'faiss'):
+        raise ValueError(f'unknown engine {engine!r}: exact or faiss')
+
+
 def search_index(model: torch.nn.Module, cfg: Config, index: VideoIndex,
                  query: str, topk: int = 10, engine: str = 'exact',
                  index_dir: str | Path | None = None) -> list[dict]:
@@ -671,14 +679,25 @@ def search_index(model: torch.nn.Module, cfg: Config, index: VideoIndex,
     approximate HNSW graph (the ``faiss-cpu`` extra), for indexes too large
     for exact search; with ``index_dir`` the graph is cached there as
     ``faiss-<embeddings file>.index`` (faiss' own binary format, no pickle)
-    and rebuilt whenever the embeddings change.
+    and rebuilt whenever the embeddings change. The query is encoded by
+    :func:`~.encode.encode_query` and ranked by :func:`search_embedding`.
     """
-    if (isinstance(topk, bool) or not isinstance(topk, (int, np.integer))
-            or topk < 1):
-        raise ValueError(f'topk must be a positive integer, not {topk!r}')
-    if engine not in ('exact', 'faiss'):
-        raise ValueError(f'unknown engine {engine!r}: exact or faiss')
+    _check_search(topk, engine)
     text = encode_query(model, cfg, query)  # [D]
+    return search_embedding(index, text, topk, engine, index_dir)
+
+
+def search_embedding(index: VideoIndex, text: np.ndarray, topk: int = 10,
+                     engine: str = 'exact',
+                     index_dir: str | Path | None = None,
+                     graph=None) -> list[dict]:
+    """The ranking half of :func:`search_index`: the ``topk`` videos by
+    inner product with ``text``, a float32 [D] unit vector (an
+    :func:`~.encode.encode_query` output), best first, as ``{path,
+    score}``. ``graph``: for ``engine='faiss'``, a :func:`faiss_graph` of
+    ``index`` to search; without it the graph is built, or read from
+    ``index_dir``'s cache, on every call."""
+    _check_search(topk, engine)
     if index.embeddings.shape[0] == 0:
         return []
     if engine == 'exact':
@@ -686,7 +705,8 @@ def search_index(model: torch.nn.Module, cfg: Config, index: VideoIndex,
         order = np.argsort(-scores, kind='stable')[:topk]
         return [dict(path=index.videos[i]['path'], score=float(scores[i]))
                 for i in order]
-    graph = faiss_graph(index, index_dir)
+    if graph is None:
+        graph = faiss_graph(index, index_dir)
     scores, rows = graph.search(text[None].astype(np.float32),
                                 min(topk, len(index.videos)))
     return [dict(path=index.videos[i]['path'], score=float(score))

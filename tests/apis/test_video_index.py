@@ -21,6 +21,7 @@ from mmclip4clip.apis import (
     init_retriever,
     load_index,
     rerank_with_tight,
+    search_embedding,
     search_index,
     update_index,
 )
@@ -166,6 +167,31 @@ def test_words_past_max_words_are_named_in_a_warning(setup):
     long_query = ' '.join(['red'] * 14 + ['square', 'left'])  # max_words 16
     with pytest.warns(QueryWarning, match="ignored: 'square left'"):
         encode_query(model, cfg, long_query)
+
+
+def test_search_embedding_is_the_ranking_half_of_search_index(setup):
+    """search_index = encode_query then search_embedding; exact search is
+    the brute-force inner-product order, and faiss with a held graph gives
+    the same rows and scores on this tiny index."""
+    from mmclip4clip.apis.index import faiss_graph
+
+    model, cfg, _, index_dir = setup
+    index = load_index(index_dir)
+    text = encode_query(model, cfg, 'a red square')
+    exact = search_embedding(index, text, 3)
+    assert exact == search_index(model, cfg, index, 'a red square', 3)
+    scores = index.embeddings @ text
+    assert [h['path'] for h in exact] == [
+        index.videos[i]['path'] for i in np.argsort(-scores)]
+    assert [h['score'] for h in exact] == sorted(scores.tolist(),
+                                                 reverse=True)
+    approx = search_embedding(index, text, 3, 'faiss',
+                              graph=faiss_graph(index))
+    assert [h['path'] for h in approx] == [h['path'] for h in exact]
+    assert np.allclose([h['score'] for h in approx],
+                       [h['score'] for h in exact], atol=1e-5)
+    with pytest.raises(ValueError, match='topk'):
+        search_embedding(index, text, 0)
 
 
 @pytest.mark.parametrize('topk', [0, -5])

@@ -90,6 +90,45 @@ def test_tiny_benchmark_runs_every_section(tmp_path):
     assert all(run['texts'] * run['videos'] > 128
                for run in result['tight']['runs'])
     check_big_batch(result['bigbatch'])
+    check_search(result['search'])
+    check_indexing(result['indexing'])
+
+
+def check_search(section: dict) -> None:
+    """Exact search is the brute-force ranking; faiss finds (on a tiny
+    index, nearly exhaustively) the same top 10 and each stored vector
+    first; search_index = encode_query + search_embedding."""
+    tiny = benchmarks.TINY
+    assert positive(section['text']['encode_query']['median_ms'])
+    assert positive(section['text']['load_tokenizer']['median_ms'])
+    assert [run['n'] for run in section['runs']] == list(tiny.search_sizes)
+    for run in section['runs']:
+        assert run['dim'] == tiny.embed_dim
+        exact, approx = run['exact'], run['faiss']
+        assert exact['max_score_diff'] < 1e-5 and exact['same_rows'] == 1.0
+        assert 0.9 <= approx['recall_at_10'] <= 1.0
+        assert approx['stored_vector_top1'] == 1.0
+        assert positive(approx['build_s']) and positive(approx['cache_mib'])
+        for engine in (exact, approx):
+            latency = engine['latency']
+            assert latency['calls'] == tiny.search_queries
+            assert positive(latency['median_ms'])
+            assert latency['median_ms'] <= latency['p99_ms']
+            assert engine['search_index']['same_as_search_embedding']
+            assert engine['search_index']['calls'] == tiny.search_calls
+
+
+def check_indexing(section: dict) -> None:
+    """index_videos.py in 1 and 2 processes indexes every clip, and the
+    2-process index is the 1-process one."""
+    tiny = benchmarks.TINY
+    runs = section['runs']
+    assert [(r['processes'], r['threads_per_process']) for r in runs] == list(
+        tiny.index_configurations)
+    for run in runs:
+        assert run['videos'] == tiny.index_clips and run['same_index']
+        assert positive(run['videos_per_s'])
+        assert run['startup_s'] is None  # no reruns at tiny sizes
 
 
 def check_big_batch(section: dict) -> None:
@@ -165,7 +204,7 @@ def test_quick_and_full_runs_keep_vit_b32_shapes(load_tool):
     assert args.sections == list(benchmarks.SECTIONS)
     assert set(benchmarks.SECTIONS) == {
         'video', 'text', 'train', 'data', 'loose', 'metrics', 'tight',
-        'bigbatch'}
+        'bigbatch', 'search', 'indexing'}
     quick, full = benchmarks.QUICK, benchmarks.FULL
     assert benchmarks.SIZES == dict(full=full, quick=quick,
                                     tiny=benchmarks.TINY)
@@ -177,6 +216,11 @@ def test_quick_and_full_runs_keep_vit_b32_shapes(load_tool):
     assert quick.video_batches == (1, 4)
     assert full.video_batches == (1, 4, 16)
     assert quick.repeats == 1 and full.repeats == 3
+    # The search section's indexes: 10k / 100k / 1M ViT-B/32 embeddings.
+    assert full.search_sizes == (10_000, 100_000, 1_000_000)
+    assert quick.search_sizes == (10_000, )
+    assert (1, 1) in full.index_configurations and (
+        2, 1) in full.index_configurations
     # The big-batch grid: the recipe's global batches on a CPU's few frames.
     grid = BIG_BATCH_SIZES['full']
     assert grid.batches == (16, 32, 64) and grid.frames == 2

@@ -17,7 +17,13 @@ seeking), ``loose`` (1000 x 1000 scores from frame features per head),
 plain and in micro-batches of 4/8/16, without and with ``with_cp``: time
 and peak memory as ratios to the plain step; on a CPU 2 frames per video;
 on CUDA also the largest batch of 12-frame videos that fits, plain and
-micro-batched with ``with_cp``). Each section runs in a fresh process. Beside ours,
+micro-batched with ``with_cp``), ``search`` (one text query against
+indexes of 10k / 100k / 1M random unit vectors, exact and faiss: median
+and p99 latency, faiss build time, memory and recall@10 against exact, the
+query's encoding apart), ``indexing`` (``tools/index_videos.py`` on
+synthetic clips with the tiny synthetic model, videos/s with 1 process and
+with 2 under torchrun, 1 thread each, and 1 process of 2 threads). Each
+section runs in a fresh process. Beside ours,
 ``baseline`` entries time the earlier implementations' way on the same
 weights in the same run (transformers' CLIP forward for the towers and a
 training step, the original's full sorts for metrics; OpenCV seeking for

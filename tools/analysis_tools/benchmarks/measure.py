@@ -49,6 +49,11 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f'{field} not found in /proc/self/status')
 
 
+def resident_mib() -> float:
+    """The process's resident set size now (``VmRSS``), MiB."""
+    return _status_kib('VmRSS') / 1024
+
+
 @dataclass
 class PeakMemory:
     """Result of :func:`peak_memory`: MiB above the memory held at the start."""

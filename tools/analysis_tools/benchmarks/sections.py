@@ -38,7 +38,9 @@ from mmclip4clip.models.retrievers import CLIP4Clip
 from . import baselines
 from .big_batch import big_batch
 from .data_pipeline import data_pipeline
+from .indexing import index_build_rate
 from .measure import count_flops, median_seconds, peak_memory
+from .search import search_latency
 
 FRAMES = 12  # frames per video (MSR-VTT recipe)
 WORDS = 32  # caption length in tokens (MSR-VTT recipe)
@@ -83,6 +85,21 @@ class Sizes:
     clips: int = 16
     clip_seconds: int = 10
     clip_size: tuple[int, int] = (640, 360)
+    # The search section: index sizes (random unit vectors of embed_dim),
+    # timed queries per engine and size (after search_warmup of them), and
+    # search_index calls (text to top 10) per engine and size.
+    search_sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    search_queries: int = 100
+    search_warmup: int = 5
+    search_calls: int = 10
+    # The indexing section: synthetic clips per index, repeats of each
+    # (processes, threads per process) configuration, and whether a rerun
+    # on the finished index times the start-up every run pays.
+    index_clips: int = 2880
+    index_repeats: int = 3
+    index_startup: bool = True
+    index_configurations: tuple[tuple[int, int], ...] = ((1, 1), (2, 1),
+                                                         (1, 2))
 
 
 FULL = Sizes('full')
@@ -90,13 +107,17 @@ QUICK = Sizes('quick', repeats=1, text_repeats=1, matmul_size=2048,
               video_batches=(1, 4), baseline_batch=1, captions=16,
               train_batch=1, loose_size=100, tight_sizes=(20, ),
               matrix_sizes=(1000, ), embedding_sizes=(1000, ), clips=3,
-              clip_seconds=4)
+              clip_seconds=4, search_sizes=(10_000, ), search_queries=20,
+              search_calls=3, index_clips=360, index_repeats=1)
 TINY = Sizes('tiny', clip=TINY_CLIP, embed_dim=64, image_size=32, frames=4,
              head_layers=1, repeats=1, text_repeats=1, matmul_size=512,
              video_batches=(1, 2), baseline_batch=1, captions=4,
              train_batch=2, loose_size=8, tight_sizes=(20, ),
              matrix_sizes=(50, ), embedding_sizes=(50, ), clips=2,
-             clip_seconds=2, clip_size=(160, 90))
+             clip_seconds=2, clip_size=(160, 90), search_sizes=(200, ),
+             search_queries=5, search_warmup=1, search_calls=2,
+             index_clips=8, index_repeats=1, index_startup=False,
+             index_configurations=((1, 1), (2, 1)))
 SIZES = {sizes.name: sizes for sizes in (FULL, QUICK, TINY)}
 
 
@@ -333,7 +354,12 @@ _RUNS = dict(
     loose=lambda run: loose_scoring(run.device, run.sizes),
     metrics=lambda run: retrieval_metrics(run.device, run.sizes),
     tight=lambda run: tight_scoring(run.device, run.sizes, run.tight_large),
-    bigbatch=lambda run: big_batch(run.device, run.sizes))
+    bigbatch=lambda run: big_batch(run.device, run.sizes),
+    search=lambda run: search_latency(run.device, run.sizes, run.work_dir,
+                                      max_words=WORDS),
+    indexing=lambda run: index_build_rate(
+        run.work_dir, run.sizes.index_clips, run.sizes.index_repeats,
+        run.sizes.index_configurations, run.sizes.index_startup))
 SECTIONS = tuple(_RUNS)
 
 
