@@ -64,6 +64,21 @@ def write_clip_dir(out: Path, config: dict | None = None,
     return out
 
 
+def save_fixed_model(path: Path, config: Path = SYNTHETIC_CONFIG) -> Path:
+    """``config``'s model with weights drawn from seed 0, saved at ``path``
+    as tools/train.py saves its checkpoints (``meta`` + ``state_dict``)."""
+    import torch
+    from mmengine.config import Config
+
+    from mmclip4clip.apis import init_retriever
+
+    torch.manual_seed(0)
+    model = init_retriever(Config.fromfile(str(config)))
+    torch.save(dict(meta=dict(seed=0, epoch=0), state_dict=model.state_dict()),
+               path)
+    return path
+
+
 def free_port() -> int:
     """A TCP port nobody listens on just now."""
     with socket.socket() as sock:

@@ -12,8 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
-from helpers import EVIL_VIDEO_NAME, SYNTHETIC_CONFIG, WEB_INDEX_CLIPS
+from helpers import EVIL_VIDEO_NAME, SYNTHETIC_CONFIG, WEB_INDEX_CLIPS, save_fixed_model
 from mmengine.config import Config
 
 from mmclip4clip.apis import init_retriever, update_index
@@ -32,11 +31,7 @@ def web_workspace(make_workspace) -> Path:
 @pytest.fixture(scope='module')
 def web_checkpoint(web_workspace) -> Path:
     """The synthetic config's model with weights drawn from seed 0."""
-    torch.manual_seed(0)
-    model = init_retriever(Config.fromfile(str(SYNTHETIC_CONFIG)))
-    path = web_workspace / 'fixed_model.pth'
-    torch.save(dict(meta=dict(seed=0), state_dict=model.state_dict()), path)
-    return path
+    return save_fixed_model(web_workspace / 'fixed_model.pth')
 
 
 @pytest.fixture(scope='module')

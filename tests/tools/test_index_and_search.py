@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import save_fixed_model
 from mmcv.transforms import Compose
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
@@ -53,12 +54,7 @@ def workspace(make_workspace) -> Path:
 def checkpoint(workspace) -> Path:
     """The synthetic config's model with weights drawn from seed 0, saved
     as tools/train.py saves its checkpoints (``meta`` + ``state_dict``)."""
-    torch.manual_seed(0)
-    model = init_retriever(Config.fromfile(str(CONFIG)))
-    path = workspace / 'fixed_model.pth'
-    torch.save(dict(meta=dict(seed=0, epoch=0), state_dict=model.state_dict()),
-               path)
-    return path
+    return save_fixed_model(workspace / 'fixed_model.pth', CONFIG)
 
 
 @pytest.fixture(scope='module')

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import free_port
+from helpers import free_port, save_fixed_model
 from mmengine.config import Config
 
 from mmclip4clip.apis import init_retriever, load_index, update_index
@@ -33,11 +33,7 @@ def workspace(make_workspace) -> Path:
 
 @pytest.fixture(scope='module')
 def checkpoint(workspace) -> Path:
-    torch.manual_seed(0)
-    model = init_retriever(Config.fromfile(str(CONFIG)))
-    path = workspace / 'fixed_model.pth'
-    torch.save(dict(meta=dict(seed=0), state_dict=model.state_dict()), path)
-    return path
+    return save_fixed_model(workspace / 'fixed_model.pth', CONFIG)
 
 
 def index_args(checkpoint: Path, index: Path) -> list[str]:
