@@ -667,6 +667,18 @@ def _check_search(topk, engine: str) -> None:
         raise ValueError(f'unknown engine {engine!r}: exact or faiss')
 
 
+def top_k_stable(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest ``scores``, best first, ties in index
+    order: ``np.argsort(-scores, kind='stable')[:k]`` without sorting all
+    M scores (a partition finds the k-th value, then only the scores at or
+    above it are sorted)."""
+    if k >= scores.shape[0]:
+        return np.argsort(-scores, kind='stable')
+    kth = np.partition(scores, scores.shape[0] - k)[scores.shape[0] - k]
+    candidates = np.flatnonzero(scores >= kth)  # ascending: ties in order
+    return candidates[np.argsort(-scores[candidates], kind='stable')[:k]]
+
+
 def search_index(model: torch.nn.Module, cfg: Config, index: VideoIndex,
                  query: str, topk: int = 10, engine: str = 'exact',
                  index_dir: str | Path | None = None) -> list[dict]:
@@ -702,7 +714,7 @@ def search_embedding(index: VideoIndex, text: np.ndarray, topk: int = 10,
         return []
     if engine == 'exact':
         scores = index.embeddings @ text  # [M]
-        order = np.argsort(-scores, kind='stable')[:topk]
+        order = top_k_stable(scores, topk)
         return [dict(path=index.videos[i]['path'], score=float(scores[i]))
                 for i in order]
     if graph is None:

@@ -380,3 +380,20 @@ def test_non_finite_pair_logit_names_the_video(setup, tight):
     with pytest.raises(ValueError, match='red_square_left.mp4.*not finite'):
         rerank_with_tight([dict(path='red_square_left.mp4', score=0.5)],
                           tight_model, tight_cfg, video_dir, 'a red square')
+
+
+def test_top_k_stable_is_the_stable_sort_prefix():
+    """The exact engine's selection equals the first k of a stable
+    descending sort, ties (many, or all scores equal) in index order."""
+    from mmclip4clip.apis.index import top_k_stable
+    rng = np.random.default_rng(0)
+    for n in (1, 5, 50, 1000):
+        for trial in range(60):
+            scores = (rng.standard_normal(n) if trial % 3 == 0 else
+                      rng.integers(0, 4, n)).astype(np.float32)
+            if trial % 7 == 0:
+                scores[:] = 1.0
+            for k in (1, 2, 3, 10, n, n + 5):
+                np.testing.assert_array_equal(
+                    top_k_stable(scores, k),
+                    np.argsort(-scores, kind='stable')[:k])
