@@ -41,13 +41,13 @@ from pathlib import Path
 
 from mmengine.config import Config
 
-from .encode import QueryWarning
+from .encode import QueryWarning, encode_query
 from .index import (
     faiss_graph,
     load_index,
     model_fingerprint,
     rerank_with_tight,
-    search_index,
+    search_embedding,
 )
 from .inference import init_retriever
 
@@ -137,10 +137,10 @@ class VideoSearcher:
                                               device=device)
         self.rerank_topk = rerank_topk
         self.engine = engine
-        if engine == 'faiss':
-            # Built (or read from its cache) now: a missing faiss-cpu fails
-            # at start, not at every query.
-            faiss_graph(self.index, self.index_path)
+        # The faiss graph is built (or read from its cache) once, now: a
+        # missing faiss-cpu fails at start, and no query reads it again.
+        self.graph = (faiss_graph(self.index, self.index_path)
+                      if engine == 'faiss' else None)
         self.video_dir = Path(self.index.meta['video_dir']).resolve()
         self.row_of = {v['path']: i for i, v in enumerate(self.index.videos)}
         # One encode at a time; the admission semaphore bounds how many
@@ -193,14 +193,15 @@ class VideoSearcher:
         return dict(query=query, k=k, results=results, warnings=messages)
 
     def _ranking(self, query: str, k: int) -> list[dict]:
-        """search_index's top ``k``, re-ranked when a tight model is
-        loaded."""
+        """search_index's top ``k`` (the faiss graph held, not read per
+        query), re-ranked when a tight model is loaded."""
+        text = encode_query(self.model, self.cfg, query)  # [D]
         if self.tight_model is None:
-            return search_index(self.model, self.cfg, self.index, query, k,
-                                self.engine, self.index_path)
-        shortlist = search_index(self.model, self.cfg, self.index, query,
-                                 max(self.rerank_topk, k), self.engine,
-                                 self.index_path)
+            return search_embedding(self.index, text, k, self.engine,
+                                    graph=self.graph)
+        shortlist = search_embedding(self.index, text,
+                                     max(self.rerank_topk, k), self.engine,
+                                     graph=self.graph)
         return rerank_with_tight(shortlist, self.tight_model, self.tight_cfg,
                                  self.index.meta['video_dir'], query)[:k]
 

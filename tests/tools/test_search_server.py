@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -149,7 +150,10 @@ def test_faiss_engine_equals_search_index(web_model_cfg, web_index_dir, tmp_path
     assert list(copied.glob('faiss-*.index'))  # built at start
     expected = search_index(model, cfg, load_index(copied), 'a red square',
                             5, 'faiss', copied)
-    with TestClient(app, base_url='http://127.0.0.1') as faiss_client:
+    # The graph is held from the start: no query builds or reads it.
+    with TestClient(app, base_url='http://127.0.0.1') as faiss_client, \
+            mock.patch('mmclip4clip.apis.index.faiss_graph',
+                       side_effect=AssertionError('graph read per query')):
         results = faiss_client.get(
             '/api/search', params=dict(q='a red square', k=5)).json()[
                 'results']
