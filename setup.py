@@ -31,6 +31,9 @@ setup(
         'pillow',
         'transformers>=5,<6',  # the backbone reads its CLIP layers' internals
         'tokenizers',
+        # Exact search runs its matrix-vector product on one BLAS thread
+        # (apis/index.py exact_scores).
+        'threadpoolctl',
     ],
     extras_require={
         # Approximate search for large video indexes (tools/search.py).

@@ -2,7 +2,7 @@
 
     python tools/search.py INDEX "a man is cooking pasta" [--topk 10]
         [--config CONFIG] [--checkpoint CKPT] [--device cpu] [--json]
-        [--engine {exact,faiss}]
+        [--engine {exact,faiss} [--ef-search 128]]
         [--rerank-config TIGHT_CONFIG --rerank-checkpoint CKPT --rerank-topk 50]
 
 CONFIG and CHECKPOINT default to those the index was built with. With a
@@ -46,6 +46,10 @@ def parse_args() -> argparse.Namespace:
                         default='exact',
                         help='faiss: approximate HNSW search (pip install -e '
                         '".[search]"), cached in the index folder')
+    parser.add_argument('--ef-search', type=at_least(1),
+                        help='with --engine faiss: candidates the graph '
+                        'search keeps (default 128); higher finds more of '
+                        'the exact top k, slower')
     parser.add_argument('--rerank-config',
                         help='a tightTransf config: re-rank the top '
                         '--rerank-topk loose hits with its pair logits')
@@ -58,6 +62,8 @@ def parse_args() -> argparse.Namespace:
     if (args.rerank_config is None) != (args.rerank_checkpoint is None):
         # A tight head without its weights would re-rank at random.
         parser.error('--rerank-config and --rerank-checkpoint go together')
+    if args.ef_search is not None and args.engine != 'faiss':
+        parser.error('--ef-search applies to --engine faiss only')
     return args
 
 
@@ -96,10 +102,10 @@ def search(args: argparse.Namespace) -> list[dict]:
     model = init_retriever(cfg, checkpoint, device=args.device)
     if args.rerank_config is None:
         return search_index(model, cfg, index, args.query, args.topk,
-                            args.engine, args.index)
+                            args.engine, args.index, args.ef_search)
     shortlist = search_index(model, cfg, index, args.query,
                              max(args.rerank_topk, args.topk), args.engine,
-                             args.index)
+                             args.index, args.ef_search)
     tight_cfg = Config.fromfile(args.rerank_config)
     tight = init_retriever(tight_cfg, args.rerank_checkpoint,
                            device=args.device)

@@ -2,7 +2,7 @@
 
     python tools/search_server.py INDEX [--host 127.0.0.1] [--port 8000]
         [--config CONFIG] [--checkpoint CKPT] [--device cpu]
-        [--engine {exact,faiss}] [--max-waiting 8]
+        [--engine {exact,faiss} [--ef-search 128]] [--max-waiting 8]
         [--rerank-config TIGHT_CONFIG --rerank-checkpoint CKPT --rerank-topk 50]
 
 Serves a search page at http://HOST:PORT/ and its JSON API at
@@ -41,6 +41,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--engine', choices=('exact', 'faiss'),
                         default='exact')
+    parser.add_argument('--ef-search', type=at_least(1),
+                        help='with --engine faiss: candidates the graph '
+                        'search keeps (default 128); higher finds more of '
+                        'the exact top k, slower')
     parser.add_argument('--max-waiting', type=at_least(0), default=8,
                         help='queries that may wait while one is encoded; '
                         'more are answered 503')
@@ -53,6 +57,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if (args.rerank_config is None) != (args.rerank_checkpoint is None):
         parser.error('--rerank-config and --rerank-checkpoint go together')
+    if args.ef_search is not None and args.engine != 'faiss':
+        parser.error('--ef-search applies to --engine faiss only')
     return args
 
 
@@ -83,7 +89,8 @@ def main() -> int:
                          args.device, args.engine, args.max_waiting,
                          args.rerank_config, args.rerank_checkpoint,
                          args.rerank_topk,
-                         allowed_hosts(args.host, args.allowed_host))
+                         allowed_hosts(args.host, args.allowed_host),
+                         args.ef_search)
     except (ValueError, OSError, ImportError) as err:
         print('error: ' + ' '.join(str(err).splitlines()), file=sys.stderr)
         return 1

@@ -43,6 +43,7 @@ from mmengine.config import Config
 
 from .encode import QueryWarning, encode_query
 from .index import (
+    EF_SEARCH,
     faiss_graph,
     load_index,
     model_fingerprint,
@@ -100,7 +101,8 @@ class VideoSearcher:
     With ``rerank_config`` and ``rerank_checkpoint`` (a tightTransf model),
     the loose top ``max(rerank_topk, k)`` are re-ordered by its pair logits
     and each result gains ``tight_score``, as ``tools/search.py
-    --rerank-config`` does.
+    --rerank-config`` does. ``ef_search``: the faiss graph's search depth
+    (engine faiss only; see :func:`~.index.faiss_graph`).
     """
 
     def __init__(self, index_path: str | Path, config: str | None = None,
@@ -108,7 +110,7 @@ class VideoSearcher:
                  engine: str = 'exact', max_waiting: int = 8,
                  rerank_config: str | None = None,
                  rerank_checkpoint: str | None = None,
-                 rerank_topk: int = 50):
+                 rerank_topk: int = 50, ef_search: int | None = None):
         if max_waiting < 0:
             raise ValueError(f'max_waiting must be >= 0, not {max_waiting}')
         if (rerank_config is None) != (rerank_checkpoint is None):
@@ -119,6 +121,8 @@ class VideoSearcher:
             raise ValueError(f'rerank_topk must be >= 1, not {rerank_topk}')
         if engine not in ('exact', 'faiss'):
             raise ValueError(f'unknown engine {engine!r}: exact or faiss')
+        if ef_search is not None and engine != 'faiss':
+            raise ValueError('ef_search applies to engine faiss only')
         self.index_path = Path(index_path)
         self.index = load_index(self.index_path)
         config = config or self.index.meta['config']
@@ -139,7 +143,9 @@ class VideoSearcher:
         self.engine = engine
         # The faiss graph is built (or read from its cache) once, now: a
         # missing faiss-cpu fails at start, and no query reads it again.
-        self.graph = (faiss_graph(self.index, self.index_path)
+        self.graph = (faiss_graph(self.index, self.index_path,
+                                  ef_search=EF_SEARCH if ef_search is None
+                                  else ef_search)
                       if engine == 'faiss' else None)
         self.video_dir = Path(self.index.meta['video_dir']).resolve()
         self.row_of = {v['path']: i for i, v in enumerate(self.index.videos)}
@@ -291,7 +297,8 @@ def create_app(index_path: str | Path, config: str | None = None,
                engine: str = 'exact', max_waiting: int = 8,
                rerank_config: str | None = None,
                rerank_checkpoint: str | None = None, rerank_topk: int = 50,
-               allowed_hosts: Sequence[str] = LOOPBACK_HOSTS):
+               allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
+               ef_search: int | None = None):
     """The FastAPI app serving ``index_path`` (see the module docstring;
     ``allowed_hosts`` are the ``Host`` names it answers, ``'*'`` for any,
     the others are :class:`VideoSearcher`'s); the model(s) and index are
@@ -302,7 +309,7 @@ def create_app(index_path: str | Path, config: str | None = None,
 
     searcher = VideoSearcher(index_path, config, checkpoint, device, engine,
                              max_waiting, rerank_config, rerank_checkpoint,
-                             rerank_topk)
+                             rerank_topk, ef_search)
     page, script, style = (_static(n) for n in ('index.html', 'app.js',
                                                 'app.css'))
     app = FastAPI(title='mmclip4clip video search', docs_url=None,

@@ -397,3 +397,74 @@ def test_top_k_stable_is_the_stable_sort_prefix():
                 np.testing.assert_array_equal(
                     top_k_stable(scores, k),
                     np.argsort(-scores, kind='stable')[:k])
+
+
+def test_exact_scores_run_on_one_blas_thread():
+    """The exact product runs with numpy's BLAS limited to one thread (its
+    spinning threads would slow the next query's encoding), gives the plain
+    product, and leaves the thread count as it was."""
+    from threadpoolctl import threadpool_info
+
+    from mmclip4clip.apis.index import exact_scores
+
+    def blas_threads() -> list[int]:
+        return [pool['num_threads'] for pool in threadpool_info()
+                if pool['user_api'] == 'blas']
+
+    seen: list[list[int]] = []
+
+    class Recording(np.ndarray):
+        def __matmul__(self, other):
+            seen.append(blas_threads())
+            return np.asarray(self) @ other
+
+    rng = np.random.default_rng(0)
+    embeddings = rng.standard_normal((300, 16)).astype(np.float32)
+    text = rng.standard_normal(16).astype(np.float32)
+    before = blas_threads()
+    assert before, 'numpy has no BLAS pool to limit'
+    scores = exact_scores(embeddings.view(Recording), text)
+    assert seen == [[1] * len(before)]
+    np.testing.assert_array_equal(np.asarray(scores), embeddings @ text)
+    assert blas_threads() == before
+
+
+def test_faiss_ef_search_trades_recall():
+    """On random vectors (the hard case for a graph) a search depth as
+    large as the index finds the exact top 10 for every query, the graph's
+    default is held and a depth of 1 finds fewer; ``ef_search`` is checked
+    and refused for the exact engine."""
+    from mmclip4clip.apis import VideoIndex
+    from mmclip4clip.apis.index import EF_SEARCH, faiss_graph
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((3000, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = VideoIndex(vectors, dict(videos=[dict(path=f'{i}.mp4')
+                                             for i in range(len(vectors))]))
+    queries = rng.standard_normal((20, 64)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    graph = faiss_graph(index)
+    assert graph.hnsw.efSearch == EF_SEARCH
+
+    def recall(**kwargs) -> float:
+        found = []
+        for text in queries:
+            exact = {h['path'] for h in search_embedding(index, text, 10)}
+            approx = search_embedding(index, text, 10, 'faiss', graph=graph,
+                                      **kwargs)
+            found.append(len(exact & {h['path'] for h in approx}) / 10)
+        return float(np.mean(found))
+
+    assert recall(ef_search=3000) == 1.0
+    assert recall(ef_search=1) < recall() <= 1.0
+    assert graph.hnsw.efSearch == EF_SEARCH  # per-query, graph unchanged
+    assert faiss_graph(index, ef_search=64).hnsw.efSearch == 64
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(ValueError, match='ef_search must be'):
+            search_embedding(index, queries[0], 10, 'faiss', graph=graph,
+                             ef_search=bad)
+        with pytest.raises(ValueError, match='ef_search must be'):
+            faiss_graph(index, ef_search=bad)
+    with pytest.raises(ValueError, match='engine faiss only'):
+        search_embedding(index, queries[0], 10, ef_search=64)

@@ -116,6 +116,21 @@ def check_search(section: dict) -> None:
             assert latency['median_ms'] <= latency['p99_ms']
             assert engine['search_index']['same_as_search_embedding']
             assert engine['search_index']['calls'] == tiny.search_calls
+        # Recall per search depth, on random and on clustered vectors (a
+        # depth past the index's size is exhaustive); clustered vectors
+        # are closer to their queries than random ones.
+        clustered = run['clustered']
+        for by_depth in (approx['ef'], clustered['ef']):
+            depths = sorted(by_depth, key=int)
+            assert 128 in map(int, depths), depths  # the default
+            recalls = [by_depth[d]['recall_at_10'] for d in depths]
+            assert all(0 <= r <= 1 for r in recalls)
+            assert recalls[-1] == 1.0
+            assert all(positive(by_depth[d]['latency']['median_ms'])
+                       for d in depths)
+        assert positive(clustered['build_s'])
+        assert clustered['top1_cosine'] > approx['top1_cosine']
+        assert clustered['top1_cosine'] >= clustered['top10_cosine']
 
 
 def check_indexing(section: dict) -> None:

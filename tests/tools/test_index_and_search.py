@@ -264,6 +264,10 @@ def run_tool_in_process(load_tool, monkeypatch, capsys, tool: str,
     (['a red square', '--topk', '-5'], "--topk: must be an integer >= 1"),
     (['a red square', '--rerank-config', CONFIG],
      '--rerank-config and --rerank-checkpoint go together'),
+    (['a red square', '--ef-search', '256'],
+     '--ef-search applies to --engine faiss only'),
+    (['a red square', '--engine', 'faiss', '--ef-search', '0'],
+     '--ef-search: must be an integer >= 1'),
 ])
 def test_search_argument_errors_are_one_line_and_exit_2(
         test_index, load_tool, monkeypatch, capsys, args, message):

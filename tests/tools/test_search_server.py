@@ -161,6 +161,10 @@ def test_faiss_engine_equals_search_index(web_model_cfg, web_index_dir, tmp_path
         (h['path'], h['score']) for h in expected]
     with pytest.raises(ValueError, match='unknown engine'):
         create_app(copied, engine='annoy')
+    deeper = create_app(copied, engine='faiss', ef_search=300)
+    assert deeper.state.searcher.graph.hnsw.efSearch == 300
+    with pytest.raises(ValueError, match='engine faiss only'):
+        create_app(copied, ef_search=300)
 
 
 def test_unknown_words_come_back_as_warnings(client):
@@ -379,3 +383,17 @@ def test_server_tool_refuses_a_missing_index(web_workspace, tmp_path):
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith('error: ') and 'no index.json' in last
+
+
+def test_tool_refuses_ef_search_without_faiss(load_tool, monkeypatch, capsys):
+    tool = load_tool('tools/search_server.py')
+    monkeypatch.setattr('sys.argv', ['search_server.py', 'INDEX',
+                                     '--ef-search', '64'])
+    with pytest.raises(SystemExit) as stop:
+        tool.parse_args()
+    assert stop.value.code == 2
+    assert '--ef-search applies to --engine faiss only' in \
+        capsys.readouterr().err
+    monkeypatch.setattr('sys.argv', ['search_server.py', 'INDEX', '--engine',
+                                     'faiss', '--ef-search', '64'])
+    assert tool.parse_args().ef_search == 64

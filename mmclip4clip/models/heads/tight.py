@@ -82,13 +82,8 @@ class TightTransfHead(nn.Module):
         init_new_module(self)
 
     def init_from_clip(self, clip: nn.Module) -> None:
-        """Position rows and blocks from CLIP's text tower
-        (docs/models.md#initialisation-from-clip).
-
-        ``clip``: a Hugging Face ``CLIPModel`` or OpenAI's
-        ``clip.model.CLIP`` (mmaction2's model); anything else is a
-        ``TypeError`` (see :func:`clip_text_tower`).
-        """
+        """As :meth:`SeqTransfHead.init_from_clip`: the pair sequence's
+        position rows and the cross blocks from CLIP's text tower."""
         tower = clip_text_tower(clip)
         load_position_rows(self.position_embeddings, tower)
         self.transformer.load_clip_text_blocks(tower)
