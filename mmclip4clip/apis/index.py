@@ -28,6 +28,7 @@ a ranking.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from mmengine.config import Config
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from mmclip4clip.datasets.video_files import find_videos
 from mmclip4clip.utils import atomic_path, atomic_write
@@ -692,17 +693,23 @@ def top_k_stable(scores: np.ndarray, k: int) -> np.ndarray:
     return candidates[np.argsort(-scores[candidates], kind='stable')[:k]]
 
 
+@functools.cache
+def blas_pools() -> ThreadpoolController:
+    """The BLAS libraries loaded when first asked (numpy's among them, the
+    one :func:`exact_scores` runs on); looked up once: a lookup reads every
+    loaded library, several milliseconds in a process that holds torch."""
+    return ThreadpoolController().select(user_api='blas')
+
+
 def exact_scores(embeddings: np.ndarray, text: np.ndarray) -> np.ndarray:
     """``embeddings @ text`` ([M, D] x [D] -> [M]) on one BLAS thread.
 
     numpy's BLAS threads keep spinning for a while after a multi-threaded
-    product, and take the cores from torch's threads encoding the next
+    product and take the cores from torch's threads encoding the next
     query; a matrix-vector product is bound by memory, so one thread reads
-    the index nearly as fast (figures: the README's search section). The
-    BLAS libraries are looked up on each call (faiss brings its own, maybe
-    after the first search).
+    the index nearly as fast (figures: the README's search section).
     """
-    with threadpool_limits(limits=1, user_api='blas'):
+    with blas_pools().limit(limits=1):
         return embeddings @ text
 
 

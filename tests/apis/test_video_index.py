@@ -402,31 +402,43 @@ def test_top_k_stable_is_the_stable_sort_prefix():
 def test_exact_scores_run_on_one_blas_thread():
     """The exact product runs with numpy's BLAS limited to one thread (its
     spinning threads would slow the next query's encoding), gives the plain
-    product, and leaves the thread count as it was."""
+    product, and leaves the thread counts as they were."""
     from threadpoolctl import threadpool_info
 
-    from mmclip4clip.apis.index import exact_scores
+    from mmclip4clip.apis.index import blas_pools, exact_scores
 
-    def blas_threads() -> list[int]:
-        return [pool['num_threads'] for pool in threadpool_info()
-                if pool['user_api'] == 'blas']
+    # numpy's own BLAS (scipy-openblas in numpy's wheels) must be limited.
+    name = np.show_config(mode='dicts')['Build Dependencies']['blas']['name']
+    numpy_prefix = 'lib' + name.replace('-', '_')
+    limited = {pool['filepath'] for pool in blas_pools().info()}
 
-    seen: list[list[int]] = []
+    def threads() -> dict[str, int]:
+        return {pool['filepath']: pool['num_threads']
+                for pool in threadpool_info() if pool['user_api'] == 'blas'}
+
+    def numpy_pools() -> set[str]:
+        return {pool['filepath'] for pool in threadpool_info()
+                if pool['prefix'] == numpy_prefix}
+
+    seen: list[dict[str, int]] = []
 
     class Recording(np.ndarray):
         def __matmul__(self, other):
-            seen.append(blas_threads())
+            seen.append(threads())
             return np.asarray(self) @ other
 
     rng = np.random.default_rng(0)
     embeddings = rng.standard_normal((300, 16)).astype(np.float32)
     text = rng.standard_normal(16).astype(np.float32)
-    before = blas_threads()
-    assert before, 'numpy has no BLAS pool to limit'
+    before = threads()
+    assert numpy_pools() and numpy_pools() <= limited, (numpy_prefix,
+                                                        threadpool_info())
     scores = exact_scores(embeddings.view(Recording), text)
-    assert seen == [[1] * len(before)]
+    assert len(seen) == 1
+    assert {path: seen[0][path] for path in limited} == dict.fromkeys(
+        limited, 1)
     np.testing.assert_array_equal(np.asarray(scores), embeddings @ text)
-    assert blas_threads() == before
+    assert threads() == before
 
 
 def test_faiss_ef_search_trades_recall():

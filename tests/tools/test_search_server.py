@@ -2,6 +2,7 @@
 on a small index of synthetic clips with a fixed untrained model: its JSON
 equals search_index's ranking exactly, it serves only the files the index
 lists (by row), never puts data into HTML, and refuses oversized queries."""
+import contextlib
 import copy
 import io
 import json
@@ -9,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -343,36 +345,76 @@ def test_thumbnail_is_a_strip_of_frames(client):
     assert image.size == (STRIP_FRAMES * STRIP_HEIGHT, STRIP_HEIGHT)
 
 
-def test_server_tool_answers_over_http(web_workspace, web_index_dir):
-    """tools/search_server.py on a free port: /api/search over real HTTP,
-    then terminated."""
+@contextlib.contextmanager
+def running_server(workspace: Path, index_dir: Path,
+                   *options: str) -> Iterator[str]:
+    """tools/search_server.py on a free port, answering; yields its URL and
+    terminates it afterwards."""
     import httpx
 
     port = free_port()
+    url = f'http://127.0.0.1:{port}'
     proc = subprocess.Popen(
         [sys.executable, str(REPO / 'tools/search_server.py'),
-         str(web_index_dir), '--port', str(port)],
-        cwd=web_workspace, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+         str(index_dir), '--port', str(port), *options],
+        cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)
     try:
         deadline = time.monotonic() + 120
         while True:
             assert proc.poll() is None, proc.stdout.read()[-3000:]
             try:
-                response = httpx.get(
-                    f'http://127.0.0.1:{port}/api/search',
-                    params=dict(q='a red square', k=3), timeout=30)
+                httpx.get(url + '/', timeout=30)
                 break
             except httpx.TransportError:
                 assert time.monotonic() < deadline, 'server did not start'
                 time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def load_test(url: str, clients: int, seconds: float) -> tuple[int, dict]:
+    """tools/analysis_tools/load_test_search_server.py: exit status and its
+    JSON report."""
+    proc = subprocess.run(
+        [sys.executable,
+         str(REPO / 'tools/analysis_tools/load_test_search_server.py'),
+         '--url', url, '--clients', str(clients), '--seconds', str(seconds),
+         '--query', 'a red square'],
+        capture_output=True, text=True, timeout=120)
+    assert proc.stdout.count('\n') == 1, proc.stdout + proc.stderr[-3000:]
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_server_tool_answers_over_http_and_under_load(web_workspace,
+                                                      web_index_dir):
+    """tools/search_server.py on a free port: /api/search over real HTTP;
+    the loopback load test (4 concurrent clients for 2 s) gets every
+    answer, with latency percentiles; a server that lets no query wait
+    answers the same clients 503, which the load test counts as errors
+    and fails on."""
+    import httpx
+
+    with running_server(web_workspace, web_index_dir) as url:
+        response = httpx.get(url + '/api/search',
+                             params=dict(q='a red square', k=3), timeout=30)
         assert response.status_code == 200
         results = response.json()['results']
         assert [r['rank'] for r in results] == [1, 2, 3]
         assert response.headers['x-content-type-options'] == 'nosniff'
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        status, report = load_test(url, clients=4, seconds=2)
+        assert status == 0 and report['errors'] == {}, report
+        assert report['clients'] == 4 and report['requests'] >= 4
+        assert 0 < report['p50_ms'] <= report['p90_ms'] <= \
+            report['p99_ms'] <= report['max_ms']
+    with running_server(web_workspace, web_index_dir,
+                        '--max-waiting', '0') as url:
+        status, report = load_test(url, clients=4, seconds=2)
+        assert status == 1, report
+        assert set(report['errors']) == {'HTTP 503'}, report
+        assert report['requests'] > report['errors']['HTTP 503'] > 0
 
 
 def test_server_tool_refuses_a_missing_index(web_workspace, tmp_path):

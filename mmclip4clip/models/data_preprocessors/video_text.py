@@ -40,7 +40,8 @@ class VideoTextDataPreprocessor(BaseDataPreprocessor):
         inputs = dict(data['inputs'])
         frames = inputs.pop('imgs')  # [B, T, 3, H, W] uint8
         mask = inputs['frame_mask']  # [B, T]
-        frames = (frames.float() - self.mean) / self.std
+        # The buffers' dtype: float32, or float64 in a model made double.
+        frames = (frames.to(self.mean.dtype) - self.mean) / self.std
         frames = frames * mask.to(frames.dtype)[..., None, None, None]
         inputs['frames'] = frames
         return dict(inputs=inputs, data_samples=data.get('data_samples'))
