@@ -4,8 +4,8 @@ videos, with the library's own search code (``mmclip4clip.apis``).
 The index holds N random unit vectors of the joint embedding width (512 for
 ViT-B/32) in a :class:`VideoIndex` built in memory, as ``load_index``
 returns it. Per size, for each engine (``exact``: a matrix-vector product
-and a sort; ``faiss``: :func:`faiss_graph`'s HNSW graph, 32 neighbours,
-efSearch 128):
+on one BLAS thread and a partial sort; ``faiss``: :func:`faiss_graph`'s
+HNSW graph, 32 neighbours, efSearch 128):
 
 - ``latency``: the time of one :func:`search_embedding` call (an encoded
   query, top 10; faiss with its graph held in memory), median and p99 over
