@@ -392,9 +392,7 @@ def test_server_tool_answers_over_http_and_under_load(web_workspace,
                                                       web_index_dir):
     """tools/search_server.py on a free port: /api/search over real HTTP;
     the loopback load test (4 concurrent clients for 2 s) gets every
-    answer, with latency percentiles; a server that lets no query wait
-    answers the same clients 503, which the load test counts as errors
-    and fails on."""
+    answer, with latency percentiles."""
     import httpx
 
     with running_server(web_workspace, web_index_dir) as url:
@@ -409,12 +407,6 @@ def test_server_tool_answers_over_http_and_under_load(web_workspace,
         assert report['clients'] == 4 and report['requests'] >= 4
         assert 0 < report['p50_ms'] <= report['p90_ms'] <= \
             report['p99_ms'] <= report['max_ms']
-    with running_server(web_workspace, web_index_dir,
-                        '--max-waiting', '0') as url:
-        status, report = load_test(url, clients=4, seconds=2)
-        assert status == 1, report
-        assert set(report['errors']) == {'HTTP 503'}, report
-        assert report['requests'] > report['errors']['HTTP 503'] > 0
 
 
 def test_server_tool_refuses_a_missing_index(web_workspace, tmp_path):
