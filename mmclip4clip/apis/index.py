@@ -676,9 +676,13 @@ def _check_search(topk, engine: str, ef_search=None) -> None:
     if ef_search is not None:
         if engine != 'faiss':
             raise ValueError('ef_search applies to engine faiss only')
-        if not _is_positive_int(ef_search):
-            raise ValueError('ef_search must be a positive integer, not '
-                             f'{ef_search!r}')
+        _check_ef_search(ef_search)
+
+
+def _check_ef_search(ef_search) -> None:
+    if not _is_positive_int(ef_search):
+        raise ValueError('ef_search must be a positive integer, not '
+                         f'{ef_search!r}')
 
 
 def top_k_stable(scores: np.ndarray, k: int) -> np.ndarray:
@@ -767,20 +771,20 @@ def search_embedding(index: VideoIndex, text: np.ndarray, topk: int = 10,
 
 
 def faiss_graph(index: VideoIndex, index_dir: str | Path | None = None,
-                neighbours: int = 32, ef_search: int = EF_SEARCH):
+                neighbours: int = 32, ef_search: int | None = None):
     """An HNSW inner-product graph over the index's embeddings, loaded from
     or cached in ``index_dir`` when given.
 
     ``neighbours`` links per vector and faiss' default construction depth
     (efConstruction 40) fix the graph; ``ef_search``, the candidates a
-    search keeps, sets its default recall and time (higher: better recall,
-    slower). How much recall a setting gets depends on the embeddings:
-    clustered ones reach nearly all true top 10 at the default, random
-    high-dimensional ones far fewer (the README's search figures).
+    search keeps (None: ``EF_SEARCH``), sets its default recall and time
+    (higher: better recall, slower). How much recall a setting gets
+    depends on the embeddings: clustered ones reach nearly all true top 10
+    at the default, random high-dimensional ones far fewer (the README's
+    search figures).
     """
-    if not _is_positive_int(ef_search):
-        raise ValueError('ef_search must be a positive integer, not '
-                         f'{ef_search!r}')
+    ef_search = EF_SEARCH if ef_search is None else ef_search
+    _check_ef_search(ef_search)
     try:
         import faiss
     except ImportError as err:

@@ -43,7 +43,6 @@ from mmengine.config import Config
 
 from .encode import QueryWarning, encode_query
 from .index import (
-    EF_SEARCH,
     faiss_graph,
     load_index,
     model_fingerprint,
@@ -144,8 +143,7 @@ class VideoSearcher:
         # The faiss graph is built (or read from its cache) once, now: a
         # missing faiss-cpu fails at start, and no query reads it again.
         self.graph = (faiss_graph(self.index, self.index_path,
-                                  ef_search=EF_SEARCH if ef_search is None
-                                  else ef_search)
+                                  ef_search=ef_search)
                       if engine == 'faiss' else None)
         self.video_dir = Path(self.index.meta['video_dir']).resolve()
         self.row_of = {v['path']: i for i, v in enumerate(self.index.videos)}
