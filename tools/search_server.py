@@ -48,6 +48,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--max-waiting', type=at_least(0), default=8,
                         help='queries that may wait while one is encoded; '
                         'more are answered 503')
+    parser.add_argument('--log-level', default='info',
+                        choices=('critical', 'error', 'warning', 'info',
+                                 'debug'),
+                        help='the server log\'s level; info logs one line '
+                        'per request, warning only problems')
     parser.add_argument('--rerank-config',
                         help='a tightTransf config: re-rank the top '
                         '--rerank-topk loose hits with its pair logits')
@@ -94,7 +99,7 @@ def main() -> int:
     except (ValueError, OSError, ImportError) as err:
         print('error: ' + ' '.join(str(err).splitlines()), file=sys.stderr)
         return 1
-    uvicorn.run(app, host=args.host, port=args.port, log_level='info')
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 

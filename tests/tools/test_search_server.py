@@ -9,8 +9,9 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -347,32 +348,53 @@ def test_thumbnail_is_a_strip_of_frames(client):
 
 @contextlib.contextmanager
 def running_server(workspace: Path, index_dir: Path,
-                   *options: str) -> Iterator[str]:
+                   *options: str) -> Iterator[tuple[str, Callable[[], str]]]:
     """tools/search_server.py on a free port, answering; yields its URL and
-    terminates it afterwards."""
+    a function reading its log so far, and terminates it afterwards.
+
+    Its log goes to a file: uvicorn logs a line per request, and a pipe
+    nobody reads fills at 64 KB (about 650 requests), after which the
+    server blocks on its next log line and every client times out."""
     import httpx
 
     port = free_port()
     url = f'http://127.0.0.1:{port}'
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / 'tools/search_server.py'),
-         str(index_dir), '--port', str(port), *options],
-        cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()[-3000:]
+    with tempfile.TemporaryDirectory() as log_dir:
+        log_path = Path(log_dir) / 'server.log'
+        with open(log_path, 'w') as log:
+            proc = subprocess.Popen(
+                [sys.executable, str(REPO / 'tools/search_server.py'),
+                 str(index_dir), '--port', str(port), *options],
+                cwd=workspace, stdout=log, stderr=subprocess.STDOUT,
+                text=True)
+
+        def read_log() -> str:
+            return log_path.read_text()
+
+        def log_tail() -> str:
+            return read_log()[-3000:]
+
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                assert proc.poll() is None, log_tail()
+                try:
+                    httpx.get(url + '/', timeout=30)
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, \
+                        'server did not start: ' + log_tail()
+                    time.sleep(0.5)
+            yield url, read_log
+        finally:
+            proc.terminate()
             try:
-                httpx.get(url + '/', timeout=30)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, 'server did not start'
-                time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise AssertionError('the server did not stop on SIGTERM: '
+                                     + log_tail()) from None
 
 
 def load_test(url: str, clients: int, seconds: float) -> tuple[int, dict]:
@@ -392,10 +414,12 @@ def test_server_tool_answers_over_http_and_under_load(web_workspace,
                                                       web_index_dir):
     """tools/search_server.py on a free port: /api/search over real HTTP;
     the loopback load test (4 concurrent clients for 2 s) gets every
-    answer, with latency percentiles."""
+    answer, with latency percentiles; a server that lets no query wait
+    answers the same clients 503 (and nothing else: no hung request), which
+    the load test counts as errors and fails on."""
     import httpx
 
-    with running_server(web_workspace, web_index_dir) as url:
+    with running_server(web_workspace, web_index_dir) as (url, read_log):
         response = httpx.get(url + '/api/search',
                              params=dict(q='a red square', k=3), timeout=30)
         assert response.status_code == 200
@@ -407,6 +431,15 @@ def test_server_tool_answers_over_http_and_under_load(web_workspace,
         assert report['clients'] == 4 and report['requests'] >= 4
         assert 0 < report['p50_ms'] <= report['p90_ms'] <= \
             report['p99_ms'] <= report['max_ms']
+        # The default log level logs each request.
+        assert read_log().count('GET /api/search') > report['requests']
+    with running_server(web_workspace, web_index_dir, '--max-waiting', '0',
+                        '--log-level', 'warning') as (url, read_log):
+        status, report = load_test(url, clients=4, seconds=2)
+        assert status == 1, report
+        assert set(report['errors']) == {'HTTP 503'}, report
+        assert report['requests'] > report['errors']['HTTP 503'] > 0
+        assert 'GET /api/search' not in read_log()
 
 
 def test_server_tool_refuses_a_missing_index(web_workspace, tmp_path):
