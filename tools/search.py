@@ -30,40 +30,23 @@ from mmclip4clip.apis import (
     search_index,
 )
 from mmclip4clip.apis.index import model_fingerprint
-from mmclip4clip.utils.cli import at_least
+from mmclip4clip.utils.cli import (
+    add_search_options,
+    at_least,
+    check_search_options,
+)
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Search a video index')
     parser.add_argument('index', help='index directory')
     parser.add_argument('query', help='text query')
-    parser.add_argument('--config', help='default: the index\'s config')
-    parser.add_argument('--checkpoint',
-                        help='default: the index\'s checkpoint')
     parser.add_argument('--topk', type=at_least(1), default=10)
-    parser.add_argument('--device', default='cpu')
-    parser.add_argument('--engine', choices=('exact', 'faiss'),
-                        default='exact',
-                        help='faiss: approximate HNSW search (pip install -e '
-                        '".[search]"), cached in the index folder')
-    parser.add_argument('--ef-search', type=at_least(1),
-                        help='with --engine faiss: candidates the graph '
-                        'search keeps (default 128); higher finds more of '
-                        'the exact top k, slower')
-    parser.add_argument('--rerank-config',
-                        help='a tightTransf config: re-rank the top '
-                        '--rerank-topk loose hits with its pair logits')
-    parser.add_argument('--rerank-checkpoint', help='its checkpoint')
-    parser.add_argument('--rerank-topk', type=at_least(1), default=50,
-                        help='size of the loose shortlist to re-rank')
+    add_search_options(parser)
     parser.add_argument('--json', action='store_true',
                         help='print a JSON list of {path, score}')
     args = parser.parse_args()
-    if (args.rerank_config is None) != (args.rerank_checkpoint is None):
-        # A tight head without its weights would re-rank at random.
-        parser.error('--rerank-config and --rerank-checkpoint go together')
-    if args.ef_search is not None and args.engine != 'faiss':
-        parser.error('--ef-search applies to --engine faiss only')
+    check_search_options(parser, args)
     return args
 
 

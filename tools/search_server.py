@@ -17,7 +17,11 @@ with a one-line error and exit status 1 before anything listens.
 import argparse
 import sys
 
-from mmclip4clip.utils.cli import at_least
+from mmclip4clip.utils.cli import (
+    add_search_options,
+    at_least,
+    check_search_options,
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -35,16 +39,7 @@ def parse_args() -> argparse.Namespace:
                         '(repeatable); default: the loopback names and '
                         '--host, or any name when --host is a wildcard '
                         'address')
-    parser.add_argument('--config', help='default: the index\'s config')
-    parser.add_argument('--checkpoint',
-                        help='default: the index\'s checkpoint')
-    parser.add_argument('--device', default='cpu')
-    parser.add_argument('--engine', choices=('exact', 'faiss'),
-                        default='exact')
-    parser.add_argument('--ef-search', type=at_least(1),
-                        help='with --engine faiss: candidates the graph '
-                        'search keeps (default 128); higher finds more of '
-                        'the exact top k, slower')
+    add_search_options(parser)
     parser.add_argument('--max-waiting', type=at_least(0), default=8,
                         help='queries that may wait while one is encoded; '
                         'more are answered 503')
@@ -53,17 +48,8 @@ def parse_args() -> argparse.Namespace:
                                  'debug'),
                         help='the server log\'s level; info logs one line '
                         'per request, warning only problems')
-    parser.add_argument('--rerank-config',
-                        help='a tightTransf config: re-rank the top '
-                        '--rerank-topk loose hits with its pair logits')
-    parser.add_argument('--rerank-checkpoint', help='its checkpoint')
-    parser.add_argument('--rerank-topk', type=at_least(1), default=50,
-                        help='size of the loose shortlist to re-rank')
     args = parser.parse_args()
-    if (args.rerank_config is None) != (args.rerank_checkpoint is None):
-        parser.error('--rerank-config and --rerank-checkpoint go together')
-    if args.ef_search is not None and args.engine != 'faiss':
-        parser.error('--ef-search applies to --engine faiss only')
+    check_search_options(parser, args)
     return args
 
 

@@ -452,15 +452,25 @@ def test_server_tool_refuses_a_missing_index(web_workspace, tmp_path):
     assert last.startswith('error: ') and 'no index.json' in last
 
 
-def test_tool_refuses_ef_search_without_faiss(load_tool, monkeypatch, capsys):
+@pytest.mark.parametrize('options, message', [
+    (['--ef-search', '64'], '--ef-search applies to --engine faiss only'),
+    (['--rerank-config', 'tight.py'],
+     '--rerank-config and --rerank-checkpoint go together'),
+    (['--log-level', 'loud'], "invalid choice: 'loud'"),
+])
+def test_tool_refuses_options_that_cannot_work(load_tool, monkeypatch,
+                                               capsys, options, message):
     tool = load_tool('tools/search_server.py')
-    monkeypatch.setattr('sys.argv', ['search_server.py', 'INDEX',
-                                     '--ef-search', '64'])
+    monkeypatch.setattr('sys.argv', ['search_server.py', 'INDEX', *options])
     with pytest.raises(SystemExit) as stop:
         tool.parse_args()
     assert stop.value.code == 2
-    assert '--ef-search applies to --engine faiss only' in \
-        capsys.readouterr().err
+    assert message in capsys.readouterr().err
+
+
+def test_tool_takes_ef_search_with_faiss(load_tool, monkeypatch):
+    tool = load_tool('tools/search_server.py')
     monkeypatch.setattr('sys.argv', ['search_server.py', 'INDEX', '--engine',
                                      'faiss', '--ef-search', '64'])
-    assert tool.parse_args().ef_search == 64
+    args = tool.parse_args()
+    assert (args.ef_search, args.log_level) == (64, 'info')
