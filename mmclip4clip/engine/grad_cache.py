@@ -46,6 +46,11 @@ factors, so the surrogates of step 3 are back-propagated unscaled (scaling
 them again would apply the factors twice). The step, clipping and
 ``zero_grad`` are the wrapper's, when ``should_update()`` says so.
 
+On the CPU, freed heap memory is handed back to the system before each
+micro-batch of step 3 (:func:`~mmclip4clip.utils.memory.release_freed_heap`),
+so that the process's memory follows the live micro-batch rather than the
+allocator's holes.
+
 Under DDP (:class:`~mmclip4clip.engine.compat.CLIP4ClipDistributedDataParallel`)
 every micro-batch backward but the last runs in ``no_sync()``; the last one
 runs through the DDP forward and reduces every gradient once. The
@@ -62,6 +67,7 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor, nn
 
+from ..utils.memory import release_freed_heap
 from .hooks import rng_state, set_rng_state
 
 
@@ -156,8 +162,16 @@ def micro_batched_train_step(model: nn.Module, data, optim_wrapper,
         p.grad = grad
 
     # 3. Each micro-batch again, with the cached gradients.
+    on_cpu = text.device.type == 'cpu'
     for i, rows in enumerate(slices):
         last = i == len(slices) - 1
+        if on_cpu:
+            # The previous pass's activations, freed, go back to the system
+            # before this one's are allocated (glibc would keep them
+            # resident): at ViT-B/32 x 12 frames, batch 64 in micro-batches
+            # of 8, the step's peak fell from 1.38x to 1.19x that of a plain
+            # step of 8, for 1 % more time.
+            release_freed_heap()
         set_rng_state(states[i])
         no_sync = wrapper is not None and not (last and sync)
         with wrapper.no_sync() if no_sync else nullcontext():

@@ -10,7 +10,6 @@ system, so memory the work reuses from earlier work counts too).
 """
 from __future__ import annotations
 
-import ctypes
 import statistics
 import time
 from collections.abc import Callable
@@ -19,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from mmclip4clip.utils.memory import release_freed_heap
 
 
 def synchronize(device: torch.device) -> None:
@@ -77,7 +78,7 @@ def peak_memory(device: torch.device):
         peak.mib = (torch.cuda.max_memory_allocated(device) - base) / 2**20
         return
     # Hand freed heap memory back first, so reused memory counts too.
-    ctypes.CDLL('libc.so.6').malloc_trim(0)
+    release_freed_heap()
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')  # reset VmHWM to the current resident set size
     base = _status_kib('VmRSS')
