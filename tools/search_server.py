@@ -3,6 +3,7 @@
     python tools/search_server.py INDEX [--host 127.0.0.1] [--port 8000]
         [--config CONFIG] [--checkpoint CKPT] [--device cpu]
         [--engine {exact,faiss} [--ef-search 128]] [--max-waiting 8]
+        [--log-level info]
         [--rerank-config TIGHT_CONFIG --rerank-checkpoint CKPT --rerank-topk 50]
 
 Serves a search page at http://HOST:PORT/ and its JSON API at
