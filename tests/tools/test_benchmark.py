@@ -187,6 +187,25 @@ def check_big_batch(section: dict) -> None:
         if step['peak_mib'] > 0:
             assert math.isclose(run['memory_vs_micro_step'],
                                 run['peak_mib'] / step['peak_mib'])
+    # On the CPU, the run's own frames: a micro-batched step against the
+    # plain step of its micro-batch.
+    recipe = section['recipe_frames']
+    assert (recipe['frames'], recipe['batch'], recipe['micro_batch_size']
+            ) == (benchmarks.TINY.frames, sizes.recipe_batch,
+                  sizes.recipe_micro_batch)
+    assert [run['with_cp'] for run in recipe['runs']] == [False, True]
+    k = math.ceil(sizes.recipe_batch / sizes.recipe_micro_batch)
+    for run in recipe['runs']:
+        own, step = run['micro_step'], run['micro_batched']
+        assert positive(own['seconds']) and positive(step['seconds'])
+        assert math.isclose(run['time_vs_micro_steps'],
+                            step['seconds'] / (k * own['seconds']))
+        if own['peak_mib'] > 0:
+            assert math.isclose(run['memory_vs_micro_step'],
+                                step['peak_mib'] / own['peak_mib'])
+    # with_cp changes neither loss.
+    assert recipe['runs'][0]['micro_batched']['loss'] == pytest.approx(
+        recipe['runs'][1]['micro_batched']['loss'], rel=1e-5)
 
 
 @pytest.mark.parametrize('fits_up_to,expected', [

@@ -15,7 +15,8 @@ seeking), ``loose`` (1000 x 1000 scores from frame features per head),
 (tightTransf 100 x 100 pairs at two chunk sizes; ``--tight-large`` adds
 1000 x 1000), ``bigbatch`` (seqTransf steps at global batch 16/32/64,
 plain and in micro-batches of 4/8/16, without and with ``with_cp``: time
-and peak memory as ratios to the plain step; on a CPU 2 frames per video;
+and peak memory as ratios to the plain step; on a CPU 2 frames per video,
+plus batch 64 in micro-batches of 8 at 12 frames against a plain step of 8;
 on CUDA also the largest batch of 12-frame videos that fits, plain and
 micro-batched with ``with_cp``), ``search`` (one text query against
 indexes of 10k / 100k / 1M random unit vectors, exact and faiss: median

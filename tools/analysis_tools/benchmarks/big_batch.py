@@ -10,6 +10,11 @@ learning rate is 0, so the weights never move and every step of one batch
 computes the same loss: ``loss_diff`` shows it does. On a CPU the videos
 have fewer frames than the recipe's 12.
 
+On a CPU one more pair of steps runs at the run's frames (the recipe's 12
+in a full run): a global batch in micro-batches (64 in 8s), against one
+plain step of its micro-batch, without and with ``with_cp``
+(``recipe_frames``).
+
 On CUDA a search adds the largest global batch of ViT-B/32 x 12 frames
 that fits in the device's memory, plain and micro-batched with ``with_cp``
 (doubling from the smallest batch, then bisecting between the last batch
@@ -43,18 +48,22 @@ class BigBatchSizes:
     search_start: int  # CUDA search: first batch tried
     search_limit: int  # CUDA search: largest batch tried
     search_step: int  # CUDA search: the bisection stops this close
+    recipe_batch: int  # CPU: a global batch at the run's frames (12 full)
+    recipe_micro_batch: int  # ... in micro-batches of this many videos
 
 
 BIG_BATCH_SIZES = dict(
     full=BigBatchSizes(frames=2, batches=(16, 32, 64),
                        micro_batches=(4, 8, 16), search_micro_batch=16,
-                       search_start=16, search_limit=4096, search_step=8),
+                       search_start=16, search_limit=4096, search_step=8,
+                       recipe_batch=64, recipe_micro_batch=8),
     quick=BigBatchSizes(frames=1, batches=(8, 16), micro_batches=(4, 8),
                         search_micro_batch=16, search_start=16,
-                        search_limit=512, search_step=16),
+                        search_limit=512, search_step=16, recipe_batch=8,
+                        recipe_micro_batch=4),
     tiny=BigBatchSizes(frames=2, batches=(4, ), micro_batches=(2, ),
                        search_micro_batch=2, search_start=4, search_limit=32,
-                       search_step=4),
+                       search_step=4, recipe_batch=4, recipe_micro_batch=2),
 )
 
 COMPARABLE = ('memory_ratio, peak_above_grads_ratio and time_ratio compare '
@@ -216,6 +225,34 @@ def step_grid(sizes, device: torch.device) -> dict:
                              if step is not None])
 
 
+def recipe_frames(sizes, device: torch.device) -> dict:
+    """CPU: a micro-batched step at the run's frames per video (the grid's
+    are fewer) against the plain step of its micro-batch, without and with
+    ``with_cp``: its peak over that step's, its time over ceil(batch / m)
+    such steps."""
+    bb = BIG_BATCH_SIZES[sizes.name]
+    batch, micro = bb.recipe_batch, bb.recipe_micro_batch
+    runs = []
+    for with_cp in (False, True):
+        model = build_model(sizes, with_cp, device)
+        wrapper = _optim_wrapper(model)
+        train_step(model, wrapper, make_batch(2, sizes.frames,
+                                              sizes.image_size, device), None)
+        own = measured_step(model, wrapper, make_batch(
+            micro, sizes.frames, sizes.image_size, device), None, device)
+        step = measured_step(model, wrapper, make_batch(
+            batch, sizes.frames, sizes.image_size, device), micro, device)
+        runs.append(dict(
+            with_cp=with_cp, micro_step=own, micro_batched=step,
+            time_vs_micro_steps=step['seconds'] / (
+                -(-batch // micro) * own['seconds']),
+            memory_vs_micro_step=_ratio(step['peak_mib'], own['peak_mib'])))
+        del model, wrapper
+        gc.collect()
+    return dict(frames=sizes.frames, image_size=sizes.image_size,
+                batch=batch, micro_batch_size=micro, runs=runs)
+
+
 def _fits(model: CLIP4Clip, wrapper: OptimWrapper, batch: int, frames: int,
           image_size: int, micro: int | None, device: torch.device
           ) -> dict | None:
@@ -300,4 +337,6 @@ def big_batch(device: torch.device, sizes) -> dict:
     result = step_grid(sizes, device)
     if device.type == 'cuda':
         result['largest_batch'] = largest_batch(sizes, device)
+    else:
+        result['recipe_frames'] = recipe_frames(sizes, device)
     return result
