@@ -130,6 +130,28 @@ def _ratio(value: float, plain: float) -> float | None:
     return value / plain if plain > 0 else None
 
 
+def warmed_model(sizes, with_cp: bool, frames: int,
+                 device: torch.device) -> tuple[CLIP4Clip, OptimWrapper]:
+    """:func:`build_model` and its optimiser wrapper after one step of 2
+    videos, which creates AdamW's state, so that no measured step's peak
+    includes it."""
+    model = build_model(sizes, with_cp, device)
+    wrapper = _optim_wrapper(model)
+    train_step(model, wrapper, make_batch(2, frames, sizes.image_size,
+                                          device), None)
+    return model, wrapper
+
+
+def against_own_step(step: dict, own: dict, batch: int, micro: int) -> dict:
+    """A micro-batched step of ``batch`` videos against the plain step of
+    its micro-batch ``micro``: its time over ceil(batch / micro) such
+    steps, its peak over one's."""
+    return dict(time_vs_micro_steps=step['seconds'] / (
+                    -(-batch // micro) * own['seconds']),
+                memory_vs_micro_step=_ratio(step['peak_mib'],
+                                            own['peak_mib']))
+
+
 def measured_step(model: CLIP4Clip, wrapper: OptimWrapper, data: dict,
                   micro: int | None, device: torch.device) -> dict | None:
     """Time, peak memory and loss of one step; None when it runs out of
@@ -157,14 +179,8 @@ def step_grid(sizes, device: torch.device) -> dict:
     ``with_cp``, with ratios to the plain step of the same batch."""
     bb = BIG_BATCH_SIZES[sizes.name]
     frames = sizes.frames if device.type == 'cuda' else bb.frames
-    models = {}
-    for with_cp in (False, True):
-        model = build_model(sizes, with_cp, device)
-        wrapper = _optim_wrapper(model)
-        # Creates AdamW's state, so that no step's peak includes it.
-        train_step(model, wrapper, make_batch(2, frames, sizes.image_size,
-                                              device), None)
-        models[with_cp] = model, wrapper
+    models = {with_cp: warmed_model(sizes, with_cp, frames, device)
+              for with_cp in (False, True)}
     grads_mib = sum(p.numel() * p.element_size()
                     for p in models[False][0].parameters()
                     if p.requires_grad) / 2**20
@@ -208,13 +224,7 @@ def step_grid(sizes, device: torch.device) -> dict:
                         loss_diff=abs(row['loss'] - plain['loss']))
                 own = micro_steps.get((micro, with_cp))
                 if own is not None:
-                    # Against the micro-batch's own plain step: time of
-                    # ceil(batch / m) such steps, and its peak.
-                    row.update(
-                        time_vs_micro_steps=row['seconds'] / (
-                            -(-batch // micro) * own['seconds']),
-                        memory_vs_micro_step=_ratio(row['peak_mib'],
-                                                    own['peak_mib']))
+                    row.update(against_own_step(row, own, batch, micro))
                 rows.append(row)
         del data
     return dict(head='SeqTransfHead', frames=frames,
@@ -234,19 +244,14 @@ def recipe_frames(sizes, device: torch.device) -> dict:
     batch, micro = bb.recipe_batch, bb.recipe_micro_batch
     runs = []
     for with_cp in (False, True):
-        model = build_model(sizes, with_cp, device)
-        wrapper = _optim_wrapper(model)
-        train_step(model, wrapper, make_batch(2, sizes.frames,
-                                              sizes.image_size, device), None)
+        model, wrapper = warmed_model(sizes, with_cp, sizes.frames, device)
         own = measured_step(model, wrapper, make_batch(
             micro, sizes.frames, sizes.image_size, device), None, device)
         step = measured_step(model, wrapper, make_batch(
             batch, sizes.frames, sizes.image_size, device), micro, device)
-        runs.append(dict(
-            with_cp=with_cp, micro_step=own, micro_batched=step,
-            time_vs_micro_steps=step['seconds'] / (
-                -(-batch // micro) * own['seconds']),
-            memory_vs_micro_step=_ratio(step['peak_mib'], own['peak_mib'])))
+        runs.append(dict(with_cp=with_cp, micro_step=own,
+                         micro_batched=step,
+                         **against_own_step(step, own, batch, micro)))
         del model, wrapper
         gc.collect()
     return dict(frames=sizes.frames, image_size=sizes.image_size,
@@ -315,10 +320,7 @@ def largest_batch(sizes, device: torch.device) -> dict:
                    device).total_memory / 2**20,
                search_limit=bb.search_limit, runs=[])
     for with_cp, micro in ((False, None), (True, bb.search_micro_batch)):
-        model = build_model(sizes, with_cp, device)
-        wrapper = _optim_wrapper(model)
-        train_step(model, wrapper, make_batch(2, sizes.frames,
-                                              sizes.image_size, device), None)
+        model, wrapper = warmed_model(sizes, with_cp, sizes.frames, device)
         best, failed = search_largest(
             partial(_fits, model, wrapper, frames=sizes.frames,
                     image_size=sizes.image_size, micro=micro, device=device),
