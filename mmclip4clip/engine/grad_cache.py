@@ -169,8 +169,8 @@ def micro_batched_train_step(model: nn.Module, data, optim_wrapper,
             # The previous pass's activations, freed, go back to the system
             # before this one's are allocated (glibc would keep them
             # resident): at ViT-B/32 x 12 frames, batch 64 in micro-batches
-            # of 8, the step's peak fell from 1.38x to 1.19x that of a plain
-            # step of 8, for 1 % more time.
+            # of 8, the step's peak fell from 1.38x to 1.17x that of a plain
+            # step of 8 (README, "The paper's batch on few GPUs").
             release_freed_heap()
         set_rng_state(states[i])
         no_sync = wrapper is not None and not (last and sync)
